@@ -1,0 +1,111 @@
+"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``.
+
+Settings are read and validated once, here, before anything starts; a bad value ends the
+command with exit code 2 and a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from messaging.settings import Settings, SettingsError, from_env
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="messaging", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", help="run the app with uvicorn (MESSAGING_HOST/MESSAGING_PORT)")
+
+    stack = commands.add_parser("stack", help="the local Kafka, DynamoDB API and Redis")
+    stack_cmds = stack.add_subparsers(dest="stack_command", required=True)
+    stack_cmds.add_parser("up", help="start what is not running, wait until healthy")
+    stack_cmds.add_parser("down", help="stop the processes the stack started")
+    stack_cmds.add_parser("status", help="each service with its address and health")
+    logs = stack_cmds.add_parser("logs", help="the last lines of each service's log")
+    logs.add_argument("service", nargs="?", help="redis, dynamodb or kafka (default: all)")
+    logs.add_argument("-n", "--lines", type=int, default=40)
+
+    db = commands.add_parser("db", help="the DynamoDB tables")
+    db_cmds = db.add_subparsers(dest="db_command", required=True)
+    db_cmds.add_parser("init", help="create missing tables (idempotent; same code as on AWS)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = from_env()
+    except SettingsError as exc:
+        print(f"messaging: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "stack":
+        return _stack(settings, args)
+    if args.command == "db":
+        return _db_init(settings)
+    raise AssertionError(args.command)
+
+
+def _serve(settings: Settings) -> int:
+    import uvicorn
+
+    from messaging.bootstrap import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        log_level="info",
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _stack(settings: Settings, args: argparse.Namespace) -> int:
+    from messaging.devstack import stack
+    from messaging.devstack.process import StackError
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        if args.stack_command == "up":
+            stack.up(settings, say)
+        elif args.stack_command == "down":
+            stack.down(settings, say)
+        elif args.stack_command == "status":
+            return 0 if stack.status(settings, say) else 1
+        elif args.stack_command == "logs":
+            stack.logs(settings, args.service, args.lines, say)
+    except StackError as exc:
+        print(f"messaging stack {args.stack_command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _db_init(settings: Settings) -> int:
+    from messaging.infra.dynamodb import open_client
+    from messaging.infra.schema import ensure_tables
+
+    async def run() -> list[str]:
+        async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
+            return await ensure_tables(client, settings.table_prefix, progress=print)
+
+    try:
+        created = asyncio.run(run())
+    except Exception as exc:
+        print(f"messaging db init: {exc}", file=sys.stderr)
+        return 1
+    print(f"db init: {len(created)} table(s) created; all tables ready")
+    return 0

@@ -1,0 +1,1 @@
+"""Adapters of the connection module: imported only by the composition root."""

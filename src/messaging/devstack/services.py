@@ -1,0 +1,382 @@
+"""The three external services of the local stack, each behind the same small interface.
+
+Every service knows how to get its software (Maven jars, a cargo-built binary, a Debian package),
+how to start on 127.0.0.1 with state under the stack folder, and how to tell whether it is healthy
+by speaking its own protocol (a Kafka metadata request, a DynamoDB ``ListTables``, a Redis
+``PING``), not merely by a port being open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+
+import attrs
+
+from messaging.devstack.process import ManagedProcess, StackError, port_open
+from messaging.settings import Settings, env_var
+
+Say = Callable[[str], None]
+
+KAFKA_VERSION = "4.1.1"
+DYNOXIDE_VERSION = "3.2.0"
+
+
+def cache_root() -> Path:
+    """Downloads and builds shared by every checkout on this machine (never committed)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "messaging-lab"
+
+
+class Service(Protocol):
+    name: str
+    process: ManagedProcess
+
+    def address(self) -> str: ...
+    def ports(self) -> list[tuple[int, str]]:
+        """The ports it will listen on, each with the setting that moves it."""
+        ...
+
+    def prepare(self, say: Say) -> None: ...
+    def start(self) -> None: ...
+    def health(self) -> str | None:
+        """None when healthy, else what is wrong."""
+        ...
+
+
+def _run_streaming(argv: list[str], say: Say, *, what: str, cwd: Path | None = None) -> None:
+    say(f"{what}: {' '.join(argv)}")
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+    for line in proc.stdout:
+        line = line.rstrip()
+        tail = [*tail[-30:], line]
+        if line:
+            say(f"  {line}")
+    if proc.wait() != 0:
+        raise StackError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+
+
+def _require(tool: str, how: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(f"{tool} not found on PATH: {how}")
+    return path
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@attrs.define
+class Kafka:
+    settings: Settings
+    process: ManagedProcess
+    name: str = "kafka"
+
+    @property
+    def libs(self) -> Path:
+        return cache_root() / f"kafka-{KAFKA_VERSION}" / "libs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.stack_dir / "kafka-data"
+
+    def address(self) -> str:
+        return f"127.0.0.1:{self.settings.stack_kafka_port}"
+
+    def prepare(self, say: Say) -> None:
+        _require("java", "install a Java 17 runtime (apt-get install -y openjdk-17-jre-headless)")
+        marker = self.libs / ".complete"
+        if marker.exists():
+            return
+        mvn = _require("mvn", "install Maven (apt-get install -y maven)")
+        pom = resources.files("messaging.devstack").joinpath("kafka-pom.xml")
+        with resources.as_file(pom) as pom_path:
+            say(
+                f"kafka: resolving Apache Kafka {KAFKA_VERSION} from Maven Central (first run only)"
+            )
+            _run_streaming(
+                [
+                    mvn,
+                    "-B",
+                    "-f",
+                    str(pom_path),
+                    "dependency:copy-dependencies",
+                    "-DincludeScope=runtime",
+                    f"-DoutputDirectory={self.libs}",
+                ],
+                say,
+                what="maven",
+            )
+        marker.write_text(KAFKA_VERSION + "\n")
+
+    def ports(self) -> list[tuple[int, str]]:
+        return [
+            (self.settings.stack_kafka_port, env_var("stack_kafka_port")),
+            (self.settings.stack_kafka_controller_port, env_var("stack_kafka_controller_port")),
+        ]
+
+    def _properties(self) -> Path:
+        s = self.settings
+        path = self.settings.stack_dir / "kafka.properties"
+        path.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers=127.0.0.1:{s.stack_kafka_controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{s.stack_kafka_port},"
+                    f"CONTROLLER://127.0.0.1:{s.stack_kafka_controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.stack_kafka_port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    f"log.dirs={self.data_dir.resolve()}",
+                    "num.partitions=1",
+                    "auto.create.topics.enable=false",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=8",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.retention.hours=168",
+                    "",
+                ]
+            )
+        )
+        return path
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        log_config = resources.files("messaging.devstack").joinpath("kafka-log4j2.properties")
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log_config}",
+            "-cp",
+            str(self.libs / "*"),
+            main,
+            *args,
+        ]
+
+    def start(self) -> None:
+        properties = self._properties()
+        if not (self.data_dir / "meta.properties").exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            cluster_id = _kafka_uuid()
+            result = subprocess.run(
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(properties),
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise StackError(f"kafka storage format failed:\n{result.stdout}{result.stderr}")
+        self.process.start(self._java("kafka.Kafka", str(properties)))
+
+    def health(self) -> str | None:
+        return asyncio.run(kafka_probe(self.address()))
+
+    def create_topics(self) -> list[str]:
+        topics = {self.settings.kafka_messages_topic: self.settings.kafka_messages_partitions}
+        return asyncio.run(kafka_create_topics(self.address(), topics))
+
+
+def _kafka_uuid() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+async def kafka_probe(bootstrap: str, timeout_seconds: float = 3.0) -> str | None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    host, _, port = bootstrap.rpartition(":")
+    if not port_open(int(port), host):
+        return f"nothing listens on {bootstrap} yet"
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_seconds * 1000)
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_seconds)
+        await asyncio.wait_for(admin.list_topics(), timeout_seconds)
+        return None
+    except Exception as exc:
+        return f"no metadata answer from {bootstrap}: {exc!r}"
+    finally:
+        await admin.close()
+
+
+async def kafka_create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
+        if missing:
+            await admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+# --------------------------------------------------------------------------- DynamoDB API
+
+
+@attrs.define
+class DynamoEmulator:
+    settings: Settings
+    process: ManagedProcess
+    name: str = "dynamodb"
+
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.settings.stack_dynamodb_port}"
+
+    def ports(self) -> list[tuple[int, str]]:
+        return [(self.settings.stack_dynamodb_port, env_var("stack_dynamodb_port"))]
+
+    @property
+    def dynoxide_root(self) -> Path:
+        return cache_root() / f"dynoxide-{DYNOXIDE_VERSION}"
+
+    def _dynoxide(self) -> Path:
+        return self.dynoxide_root / "bin" / "dynoxide"
+
+    def prepare(self, say: Say) -> None:
+        if self.settings.dynamodb_emulator == "moto":
+            return
+        if self._dynoxide().exists():
+            return
+        cargo = _require("cargo", "install Rust (rustup) to build the dynoxide DynamoDB emulator")
+        say(f"dynamodb: building dynoxide {DYNOXIDE_VERSION} with cargo (first run only, ~2 min)")
+        _run_streaming(
+            [
+                cargo,
+                "install",
+                "dynoxide-rs",
+                "--version",
+                DYNOXIDE_VERSION,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "native-sqlite,http-server,cli",
+                "--root",
+                str(self.dynoxide_root),
+            ],
+            say,
+            what="cargo",
+        )
+
+    def start(self) -> None:
+        port = self.settings.stack_dynamodb_port
+        if self.settings.dynamodb_emulator == "moto":
+            argv = [sys.executable, "-m", "messaging.devstack.moto_server", "--port", str(port)]
+        else:
+            data = self.settings.stack_dir / "dynamodb"
+            data.mkdir(parents=True, exist_ok=True)
+            argv = [
+                str(self._dynoxide()),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--db-path",
+                str((data / "dynoxide.sqlite").resolve()),
+            ]
+        self.process.start(argv)
+
+    def health(self) -> str | None:
+        return asyncio.run(dynamodb_probe(self.address(), self.settings.aws_region))
+
+
+async def dynamodb_probe(endpoint: str, region: str, timeout_seconds: float = 3.0) -> str | None:
+    from messaging.infra.dynamodb import open_client
+
+    try:
+        async with open_client(endpoint, region, timeout_seconds=timeout_seconds) as client:
+            await asyncio.wait_for(client.list_tables(Limit=1), timeout_seconds)
+        return None
+    except Exception as exc:
+        return f"no ListTables answer from {endpoint}: {exc!r}"
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@attrs.define
+class Redis:
+    settings: Settings
+    process: ManagedProcess
+    name: str = "redis"
+
+    def address(self) -> str:
+        return f"redis://127.0.0.1:{self.settings.stack_redis_port}/0"
+
+    def ports(self) -> list[tuple[int, str]]:
+        return [(self.settings.stack_redis_port, env_var("stack_redis_port"))]
+
+    def prepare(self, say: Say) -> None:
+        _require(
+            "redis-server", "install it with: apt-get update && apt-get install -y redis-server"
+        )
+
+    def start(self) -> None:
+        port = self.settings.stack_redis_port
+        work = self.settings.stack_dir / "redis"
+        work.mkdir(parents=True, exist_ok=True)
+        # Ephemeral only: no RDB snapshots, no AOF. A restart starts empty by design.
+        self.process.start(
+            [
+                _require("redis-server", "apt-get install -y redis-server"),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(work.resolve()),
+            ]
+        )
+
+    def health(self) -> str | None:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.settings.stack_redis_port), 2) as s:
+                s.sendall(b"PING\r\n")
+                answer = s.recv(64)
+        except OSError as exc:
+            return f"no answer from {self.address()}: {exc}"
+        return None if answer.startswith(b"+PONG") else f"unexpected answer {answer!r}"

@@ -1,0 +1,140 @@
+"""``messaging stack up|down|status|logs``: the local stack's lifecycle.
+
+``up`` prepares what is missing (first run: Maven download, cargo build), starts each service
+that is not already running, waits until each answers its own protocol, then creates the Kafka
+topics. On a running stack it changes nothing. ``down`` stops only what the stack started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from messaging.devstack.process import ManagedProcess, StackError, ensure_port_free
+from messaging.devstack.services import DynamoEmulator, Kafka, Redis, Say, Service
+from messaging.settings import Settings
+
+READY_TIMEOUT_SECONDS = 120.0
+
+
+def services(settings: Settings) -> list[Service]:
+    run_dir = settings.stack_dir / "run"
+    log_dir = settings.stack_dir / "logs"
+
+    def proc(name: str) -> ManagedProcess:
+        return ManagedProcess(name, run_dir, log_dir)
+
+    return [
+        Redis(settings, proc("redis")),
+        DynamoEmulator(settings, proc("dynamodb")),
+        Kafka(settings, proc("kafka")),
+    ]
+
+
+def _wait_ready(service: Service, say: Say, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+    started = time.monotonic()
+    last_note = started
+    problem: str | None = "not checked"
+    while time.monotonic() - started < timeout:
+        if service.process.pid() is None:
+            raise StackError(
+                f"{service.name} exited during start; last log lines "
+                f"({service.process.log_file}):\n{service.process.tail(25)}"
+            )
+        problem = service.health()
+        if problem is None:
+            say(f"{service.name}: ready at {service.address()} ({time.monotonic() - started:.1f}s)")
+            return
+        if time.monotonic() - last_note > 5:
+            say(f"{service.name}: waiting ({time.monotonic() - started:.0f}s) ...")
+            last_note = time.monotonic()
+        time.sleep(0.5)
+    raise StackError(
+        f"{service.name} not ready after {timeout:.0f}s: {problem}; see {service.process.log_file}"
+    )
+
+
+def up(settings: Settings, say: Say = print) -> None:
+    settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    todo: list[Service] = []
+    for service in services(settings):
+        pid = service.process.pid()
+        if pid is not None:
+            say(f"{service.name}: already running (pid {pid}) at {service.address()}")
+            continue
+        service.prepare(say)
+        todo.append(service)
+    for service in todo:
+        for port, setting in service.ports():
+            ensure_port_free(port, setting)
+    for service in todo:
+        say(f"{service.name}: starting on {service.address()}")
+        service.start()
+    for service in todo:
+        _wait_ready(service, say)
+    for service in services(settings):
+        if isinstance(service, Kafka):
+            created = service.create_topics()
+            if created:
+                say(f"kafka: created topics {', '.join(created)}")
+    say(f"stack up; state and logs in {settings.stack_dir.resolve()}")
+
+
+def down(settings: Settings, say: Say = print) -> None:
+    for service in reversed(services(settings)):
+        if service.process.stop():
+            say(f"{service.name}: stopped")
+        else:
+            say(f"{service.name}: not running")
+
+
+def status(settings: Settings, say: Say = print) -> bool:
+    """Print each service's address and health; True when all are healthy."""
+    healthy = True
+    say(f"{'service':<10} {'address':<28} {'pid':<8} health")
+    for service in services(settings):
+        pid = service.process.pid()
+        if pid is None:
+            state = "not running"
+            healthy = False
+        else:
+            problem = service.health()
+            state = "ok" if problem is None else f"unhealthy: {problem}"
+            healthy = healthy and problem is None
+        say(f"{service.name:<10} {service.address():<28} {pid or '-':<8} {state}")
+    return healthy
+
+
+def logs(
+    settings: Settings, name: str | None, lines: int, say: Callable[[str], None] = print
+) -> None:
+    known = {s.name: s for s in services(settings)}
+    if name is not None and name not in known:
+        raise StackError(f"unknown service {name!r}; choose one of {', '.join(known)}")
+    for service in known.values():
+        if name in (None, service.name):
+            say(f"==> {service.process.log_file} <==")
+            say(service.process.tail(lines))
+
+
+def _service(settings: Settings, name: str) -> Service:
+    for service in services(settings):
+        if service.name == name:
+            return service
+    raise StackError(f"unknown service {name!r}")
+
+
+def stop_service(settings: Settings, name: str) -> bool:
+    """Stop one service of the stack (fault injection in tests; ``stack down`` stops all)."""
+    return _service(settings, name).process.stop()
+
+
+def start_service(settings: Settings, name: str, say: Say = print) -> None:
+    """Start one stopped service again and wait until it is healthy."""
+    service = _service(settings, name)
+    if service.process.pid() is not None:
+        return
+    for port, setting in service.ports():
+        ensure_port_free(port, setting)
+    service.start()
+    _wait_ready(service, say)

@@ -1,0 +1,1 @@
+"""Pure domain types and errors: no I/O, no frameworks."""

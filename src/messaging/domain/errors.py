@@ -1,0 +1,68 @@
+"""Errors that cross plane boundaries.
+
+Each error carries a stable machine-readable ``code`` (used by REST bodies and WebSocket error
+frames) and says whether retrying the same request may succeed (``retriable``), in the manner of
+aiokafka's ``KafkaError.retriable``. Vendor exceptions (botocore, redis, aiokafka) never cross a
+port: adapters translate them into these.
+"""
+
+from __future__ import annotations
+
+
+class MessagingError(Exception):
+    code: str = "internal_error"
+    retriable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(MessagingError):
+    code = "invalid_input"
+
+
+class NotFound(MessagingError):
+    code = "not_found"
+
+
+class Unauthenticated(MessagingError):
+    code = "unauthenticated"
+
+
+class Forbidden(MessagingError):
+    code = "forbidden"
+
+
+class NotAMember(Forbidden):
+    code = "not_a_member"
+
+
+class Conflict(MessagingError):
+    code = "conflict"
+
+
+class IdempotencyKeyReused(Conflict):
+    """The same (sender, client_message_id) was sent before with different content."""
+
+    code = "idempotency_key_reused"
+
+
+class RateLimited(MessagingError):
+    code = "rate_limited"
+    retriable = True
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class Unavailable(MessagingError):
+    """A dependency did not answer in time; nothing was half-written; try again."""
+
+    code = "unavailable"
+    retriable = True
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"

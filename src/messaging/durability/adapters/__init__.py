@@ -1,0 +1,1 @@
+"""Adapters of the durability module: imported only by the composition root."""

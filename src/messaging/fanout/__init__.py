@@ -1,0 +1,1 @@
+"""Fanout plane: from the Kafka event log to the app processes that hold members' sockets."""

@@ -1,0 +1,1 @@
+"""Adapters of the fanout module: imported only by the composition root."""

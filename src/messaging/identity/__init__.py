@@ -1,0 +1,1 @@
+"""Identity: phone + OTP login, JWT access tokens bound to a device."""

@@ -1,0 +1,1 @@
+"""Adapters of the identity module: imported only by the composition root."""

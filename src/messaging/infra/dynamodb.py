@@ -1,0 +1,147 @@
+"""The DynamoDB API client: one factory, one retry policy, one error translation.
+
+botocore's own retries are switched off (``total_max_attempts=1``: note that ``max_attempts=1``
+would still retry once and hide server errors). Retries happen here instead, with exponential
+backoff and full jitter, within a deadline; after it the caller gets
+:class:`~messaging.domain.errors.StoreUnavailable`, which is retriable. Only errors for which a
+retry is safe are retried: throttling, 5xx and connection failures. Conditional-check failures
+and transaction cancellations are the caller's to interpret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from messaging.domain.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb.client import DynamoDBClient
+else:
+    DynamoDBClient = Any
+
+T = TypeVar("T")
+
+RETRIABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "TransactionInProgressException",
+        "LimitExceededException",
+    }
+)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_retriable(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        if error_code(exc) in RETRIABLE_CODES:
+            return True
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return bool(status and int(status) >= 500)
+    return isinstance(
+        exc,
+        EndpointConnectionError
+        | ConnectionClosedError
+        | ReadTimeoutError
+        | BotoCoreError
+        | OSError,
+    )
+
+
+@asynccontextmanager
+async def open_client(
+    endpoint: str, region: str, *, timeout_seconds: float = 5.0
+) -> AsyncIterator[DynamoDBClient]:
+    """An aiobotocore DynamoDB client. ``endpoint=""`` means real AWS (default credential chain);
+    a local emulator endpoint gets fixed dummy credentials."""
+    session = aioboto3.Session()
+    config = Config(
+        region_name=region,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=timeout_seconds,
+        read_timeout=timeout_seconds,
+        max_pool_connections=64,
+        tcp_keepalive=True,
+    )
+    kwargs: dict[str, Any] = {"config": config, "region_name": region}
+    if endpoint:
+        kwargs.update(
+            endpoint_url=endpoint, aws_access_key_id="local", aws_secret_access_key="local"
+        )
+    async with session.client("dynamodb", **kwargs) as client:
+        yield client
+
+
+class Retrier:
+    """Runs an operation with backoff and full jitter until it succeeds or the deadline passes."""
+
+    def __init__(
+        self,
+        deadline_seconds: float,
+        *,
+        base_delay: float = 0.02,
+        max_delay: float = 0.5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.deadline_seconds = deadline_seconds
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    async def run(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        deadline = self._clock() + self.deadline_seconds
+        attempt = 0
+        while True:
+            try:
+                return await operation()
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                attempt += 1
+                delay = self._rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+                if self._clock() + delay >= deadline:
+                    raise StoreUnavailable(
+                        f"the message store did not answer {what} within "
+                        f"{self.deadline_seconds:g}s ({attempt} attempts; last: {exc!r}); "
+                        "each write is all-or-nothing, so retry the same request later"
+                    ) from exc
+                await self._sleep(delay)
+
+
+class DynamoHealth:
+    """Ready when the DynamoDB API answers ``ListTables``."""
+
+    name = "dynamodb"
+
+    def __init__(self, client: DynamoDBClient, timeout_seconds: float = 2.0) -> None:
+        self._client = client
+        self._timeout = timeout_seconds
+
+    async def check(self) -> None:
+        await asyncio.wait_for(self._client.list_tables(Limit=1), self._timeout)

@@ -1,0 +1,272 @@
+"""One settings object, read from ``MESSAGING_*`` environment variables once, at start.
+
+Every field has a default that works for ``make run`` on 127.0.0.1. A bad value stops the
+start with a :class:`SettingsError` whose message names the variable, what it expected and
+what it got. Nothing here does I/O beyond reading the mapping it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import attrs
+
+Environment = Literal["dev", "test", "production"]
+DynamoEmulator = Literal["dynoxide", "moto"]
+OtpSenderName = Literal["dev", "log-only"]
+
+PREFIX = "MESSAGING_"
+DEV_JWT_SECRET = "dev-only-insecure-secret-change-me-0123456789"
+MIN_PRODUCTION_SECRET_BYTES = 32
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the environment variable."""
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    env: Environment = "dev"
+    instance_id: str = ""
+
+    # HTTP server
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # DynamoDB API (endpoint "" means real AWS, resolved by botocore)
+    dynamodb_endpoint: str = "http://127.0.0.1:8001"
+    aws_region: str = "us-east-1"
+    table_prefix: str = "messaging-"
+    dynamodb_deadline_seconds: float = 5.0
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_messages_topic: str = "messages"
+    kafka_messages_partitions: int = 8
+    kafka_consumer_group: str = "messaging-fanout"
+
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Identity
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_ttl_seconds: int = 3600
+    otp_sender: OtpSenderName = "dev"
+    otp_ttl_seconds: int = 300
+    otp_max_attempts: int = 5
+    otp_requests_per_phone_per_window: int = 5
+    otp_requests_per_address_per_window: int = 30
+    otp_rate_window_seconds: int = 600
+
+    # Durability
+    max_text_bytes: int = 4096
+    max_group_members: int = 256
+    idempotency_ttl_seconds: int = 7 * 24 * 3600
+
+    # Connection plane
+    outbound_queue_messages: int = 1000
+    outbound_queue_bytes: int = 1_048_576
+    ws_max_frame_bytes: int = 16_384
+    ws_ping_interval_seconds: float = 20.0
+    ws_idle_timeout_seconds: float = 60.0
+    sync_page_size: int = 200
+
+    # Fanout and publish repair
+    outbox_repair_after_seconds: float = 2.0
+    outbox_sweep_interval_seconds: float = 1.0
+    routing_ttl_seconds: int = 30
+
+    # Local stack (``messaging stack``)
+    stack_dir: Path = Path(".stack")
+    dynamodb_emulator: DynamoEmulator = "dynoxide"
+    stack_kafka_port: int = 9092
+    stack_kafka_controller_port: int = 9093
+    stack_dynamodb_port: int = 8001
+    stack_redis_port: int = 6379
+
+    # Test-only fault injection; refused in production.
+    fault_hooks: bool = False
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+
+def _parse_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_float(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _parse_str(raw: str) -> str:
+    return raw
+
+
+def _parse_nonempty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _parse_endpoint(raw: str) -> str:
+    raw = raw.strip()
+    if raw and not raw.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http(s) URL or empty for AWS, got {raw!r}")
+    return raw
+
+
+_PORT = _parse_int(1, 65535)
+_POSITIVE = _parse_int(1, 2**31 - 1)
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "env": _parse_choice("dev", "test", "production"),
+    "instance_id": _parse_str,
+    "host": _parse_nonempty,
+    "port": _PORT,
+    "dynamodb_endpoint": _parse_endpoint,
+    "aws_region": _parse_nonempty,
+    "table_prefix": _parse_str,
+    "dynamodb_deadline_seconds": _parse_float(0.1, 300.0),
+    "kafka_bootstrap": _parse_nonempty,
+    "kafka_messages_topic": _parse_nonempty,
+    "kafka_messages_partitions": _parse_int(1, 1024),
+    "kafka_consumer_group": _parse_nonempty,
+    "redis_url": _parse_nonempty,
+    "jwt_secret": _parse_nonempty,
+    "jwt_ttl_seconds": _parse_int(60, 30 * 24 * 3600),
+    "otp_sender": _parse_choice("dev", "log-only"),
+    "otp_ttl_seconds": _parse_int(30, 3600),
+    "otp_max_attempts": _parse_int(1, 20),
+    "otp_requests_per_phone_per_window": _POSITIVE,
+    "otp_requests_per_address_per_window": _POSITIVE,
+    "otp_rate_window_seconds": _parse_int(1, 24 * 3600),
+    "max_text_bytes": _parse_int(1, 65536),
+    "max_group_members": _parse_int(2, 10_000),
+    "idempotency_ttl_seconds": _parse_int(24 * 3600, 365 * 24 * 3600),
+    "outbound_queue_messages": _parse_int(1, 1_000_000),
+    "outbound_queue_bytes": _parse_int(1024, 1 << 30),
+    "ws_max_frame_bytes": _parse_int(256, 1 << 20),
+    "ws_ping_interval_seconds": _parse_float(0.1, 3600.0),
+    "ws_idle_timeout_seconds": _parse_float(0.5, 7200.0),
+    "sync_page_size": _parse_int(1, 1000),
+    "outbox_repair_after_seconds": _parse_float(0.1, 60.0),
+    "outbox_sweep_interval_seconds": _parse_float(0.05, 60.0),
+    "routing_ttl_seconds": _parse_int(2, 3600),
+    "stack_dir": Path,
+    "dynamodb_emulator": _parse_choice("dynoxide", "moto"),
+    "stack_kafka_port": _PORT,
+    "stack_kafka_controller_port": _PORT,
+    "stack_dynamodb_port": _PORT,
+    "stack_redis_port": _PORT,
+    "fault_hooks": _parse_bool,
+}
+
+
+def env_var(field_name: str) -> str:
+    """The environment variable that sets ``field_name``."""
+    return PREFIX + field_name.upper()
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate settings from ``MESSAGING_*`` variables (``os.environ`` by default)."""
+    environ = os.environ if environ is None else environ
+    known = {env_var(name) for name in _PARSERS}
+    unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
+    if unknown:
+        raise SettingsError(f"{unknown[0]}: unknown setting (known: see messaging/settings.py)")
+    values: dict[str, Any] = {}
+    for name, parse in _PARSERS.items():
+        raw = environ.get(env_var(name))
+        if raw is None:
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{env_var(name)}: {exc}") from None
+    settings = Settings(**values)
+    if not settings.instance_id:
+        settings = attrs.evolve(
+            settings, instance_id=f"{socket.gethostname()}-{settings.port}-{os.getpid()}"
+        )
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Cross-field rules, including what production refuses."""
+    if settings.is_production:
+        if settings.jwt_secret == DEV_JWT_SECRET:
+            raise SettingsError(
+                f"{env_var('jwt_secret')}: production refuses the built-in development key"
+            )
+        if len(settings.jwt_secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+            raise SettingsError(
+                f"{env_var('jwt_secret')}: production needs at least "
+                f"{MIN_PRODUCTION_SECRET_BYTES} bytes"
+            )
+        if settings.otp_sender == "dev":
+            raise SettingsError(
+                f"{env_var('otp_sender')}: the dev sender exposes OTP codes over HTTP and is "
+                "refused when MESSAGING_ENV=production"
+            )
+        if settings.fault_hooks:
+            raise SettingsError(
+                f"{env_var('fault_hooks')}: fault injection is refused "
+                "when MESSAGING_ENV=production"
+            )
+    if settings.stack_kafka_port == settings.stack_kafka_controller_port:
+        raise SettingsError(
+            f"{env_var('stack_kafka_controller_port')}: must differ from "
+            f"{env_var('stack_kafka_port')}"
+        )
+
+
+def describe(settings: Settings) -> dict[str, str]:
+    """Settings as strings for logs, with secrets masked."""
+    out: dict[str, str] = {}
+    for field in attrs.fields(Settings):
+        value = getattr(settings, field.name)
+        out[field.name] = "***" if "secret" in field.name else str(cast(object, value))
+    return out

@@ -1,0 +1,1 @@
+"""HTTP entrypoints shared by all planes (health, readiness, metrics)."""

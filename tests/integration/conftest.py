@@ -1,0 +1,61 @@
+"""Integration fixtures: the real local stack, prepared once per session.
+
+``make test`` runs ``messaging stack up`` first. If the stack is not reachable the tests fail
+with a message saying so: they never skip, since a skipped integration test proves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from messaging.devstack.services import dynamodb_probe, kafka_create_topics, kafka_probe
+from messaging.infra.dynamodb import DynamoDBClient, open_client
+from messaging.infra.schema import ensure_tables
+from messaging.settings import Settings, env_var
+from tests.harness import AppProcess
+
+
+def app_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes an app process use this session's tables and topic."""
+    return {
+        env_var("env"): settings.env,
+        env_var("table_prefix"): settings.table_prefix,
+        env_var("kafka_messages_topic"): settings.kafka_messages_topic,
+        env_var("kafka_consumer_group"): settings.kafka_consumer_group,
+        env_var("fault_hooks"): "true",
+    }
+
+
+@pytest.fixture(scope="session")
+async def stack(base_settings: Settings) -> Settings:
+    problems = [
+        await kafka_probe(base_settings.kafka_bootstrap),
+        await dynamodb_probe(base_settings.dynamodb_endpoint, base_settings.aws_region),
+    ]
+    problems = [p for p in problems if p]
+    if problems:
+        pytest.fail("the local stack is not up (run `messaging stack up`): " + "; ".join(problems))
+    async with open_client(base_settings.dynamodb_endpoint, base_settings.aws_region) as client:
+        await ensure_tables(client, base_settings.table_prefix)
+    await kafka_create_topics(
+        base_settings.kafka_bootstrap,
+        {base_settings.kafka_messages_topic: base_settings.kafka_messages_partitions},
+    )
+    return base_settings
+
+
+@pytest.fixture
+async def dynamodb(stack: Settings) -> AsyncIterator[DynamoDBClient]:
+    async with open_client(stack.dynamodb_endpoint, stack.aws_region) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def apps(stack: Settings) -> Iterator[list[AppProcess]]:
+    """Two app processes on different ports, sharing the stack."""
+    processes = [AppProcess(f"app{i}", app_env(stack)).start() for i in (1, 2)]
+    yield processes
+    for process in processes:
+        process.terminate()

@@ -1,0 +1,38 @@
+"""``/readyz`` names the dependency that is down, and recovers when it is back."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from messaging.devstack.stack import start_service, stop_service
+from messaging.settings import Settings
+from tests.harness import AppProcess
+
+
+def _ready(app: AppProcess) -> httpx.Response:
+    return httpx.get(app.base_url + "/readyz", timeout=10)
+
+
+@pytest.mark.parametrize("service", ["kafka", "redis"])
+def test_readyz_names_a_stopped_dependency(
+    stack: Settings, apps: list[AppProcess], service: str
+) -> None:
+    app = apps[0]
+    assert _ready(app).status_code == 200
+    assert stop_service(stack, service)
+    try:
+        answer = _ready(app)
+        assert answer.status_code == 503
+        body = answer.json()
+        assert body["status"] == "unavailable"
+        assert body["failing"] == [service]
+        assert body["checks"][service]["ok"] is False
+    finally:
+        start_service(stack, service, say=lambda _line: None)
+    deadline = time.monotonic() + 30
+    while _ready(app).status_code != 200:
+        assert time.monotonic() < deadline, _ready(app).text
+        time.sleep(0.5)

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from messaging.settings import DEV_JWT_SECRET, SettingsError, from_env
+
+
+def test_defaults_work_for_a_local_run() -> None:
+    settings = from_env({})
+    assert settings.env == "dev"
+    assert settings.port == 8000
+    assert settings.dynamodb_endpoint == "http://127.0.0.1:8001"
+    assert settings.instance_id  # derived when not given
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MESSAGING_PORT", "abc", "MESSAGING_PORT: expected an integer, got 'abc'"),
+        ("MESSAGING_PORT", "70000", "MESSAGING_PORT: expected an integer from 1 to 65535"),
+        ("MESSAGING_ENV", "prod", "MESSAGING_ENV: expected one of dev, test, production"),
+        ("MESSAGING_FAULT_HOOKS", "maybe", "MESSAGING_FAULT_HOOKS: expected true or false"),
+        ("MESSAGING_DYNAMODB_ENDPOINT", "localhost:8001", "MESSAGING_DYNAMODB_ENDPOINT:"),
+        ("MESSAGING_NOPE", "1", "MESSAGING_NOPE: unknown setting"),
+    ],
+)
+def test_a_bad_value_names_the_variable(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError, match="^" + expected.replace("(", r"\(")):
+        from_env({variable: value})
+
+
+PRODUCTION_OK = {
+    "MESSAGING_ENV": "production",
+    "MESSAGING_JWT_SECRET": "x" * 40,
+    "MESSAGING_OTP_SENDER": "log-only",
+}
+
+
+def test_production_accepts_a_proper_configuration() -> None:
+    assert from_env(PRODUCTION_OK).is_production
+
+
+@pytest.mark.parametrize(
+    ("override", "variable"),
+    [
+        ({"MESSAGING_OTP_SENDER": "dev"}, "MESSAGING_OTP_SENDER"),
+        ({"MESSAGING_JWT_SECRET": DEV_JWT_SECRET}, "MESSAGING_JWT_SECRET"),
+        ({"MESSAGING_JWT_SECRET": "short"}, "MESSAGING_JWT_SECRET"),
+        ({"MESSAGING_FAULT_HOOKS": "1"}, "MESSAGING_FAULT_HOOKS"),
+    ],
+)
+def test_production_refuses_unsafe_settings(override: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{variable}"):
+        from_env({**PRODUCTION_OK, **override})
