@@ -15,12 +15,15 @@ import attrs
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from messaging import __version__
 from messaging.infra.dynamodb import DynamoHealth, open_client
 from messaging.infra.kafka import KafkaHealth, open_producer
 from messaging.infra.redis import RedisHealth, open_redis
 from messaging.protocol.health import HealthCheck
+from messaging.protocol.http import Operation
 from messaging.settings import Settings
-from messaging.web import health
+from messaging.web import health, openapi
+from messaging.web.errors import HANDLERS
 
 log = logging.getLogger(__name__)
 
@@ -79,5 +82,9 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 late.set(None)
 
-    routes: list[BaseRoute] = [*health.routes(lambda: late.get().checks)]
-    return Starlette(routes=routes, lifespan=lifespan)
+    operations: list[Operation] = []
+    routes: list[BaseRoute] = [
+        *health.routes(lambda: late.get().checks),
+        *openapi.routes(operations, version=__version__),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(HANDLERS))
