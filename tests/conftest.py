@@ -1,7 +1,19 @@
-"""Shared fixtures: the test session's settings (a private table prefix and topic)."""
+"""Shared fixtures: the test session's settings (a private table prefix and topic), and the
+second DynamoDB API emulator.
+
+The stack's emulator (dynoxide by default) is one target of the DynamoDB-backed suites; this
+session also starts moto's server (serialized, ``messaging.devstack.moto_server``) on a free port,
+so the durability code is checked against both emulators, not against one emulator's quirks.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 
 import attrs
@@ -10,6 +22,51 @@ import pytest
 from messaging.settings import Settings, from_env
 
 RUN_ID = uuid.uuid4().hex[:8]
+DYNOXIDE_ENV = "MESSAGING_TEST_DYNOXIDE_ENDPOINT"
+MOTO_ENV = "MESSAGING_TEST_MOTO_ENDPOINT"
+
+_moto: subprocess.Popen[bytes] | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _moto
+    settings = from_env()
+    if settings.dynamodb_emulator == "dynoxide":
+        os.environ.setdefault(DYNOXIDE_ENV, settings.dynamodb_endpoint)
+    if MOTO_ENV not in os.environ and not os.environ.get("MESSAGING_TEST_NO_MOTO"):
+        port = _free_port()
+        _moto = subprocess.Popen(
+            [sys.executable, "-m", "messaging.devstack.moto_server", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if _wait_listening(port, 20):
+            os.environ[MOTO_ENV] = f"http://127.0.0.1:{port}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _moto is not None:
+        _moto.terminate()
+        try:
+            _moto.wait(10)
+        except subprocess.TimeoutExpired:
+            _moto.kill()
+            _moto.wait()
 
 
 @pytest.fixture(scope="session")

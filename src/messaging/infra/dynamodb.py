@@ -30,7 +30,7 @@ from botocore.exceptions import (
 from messaging.domain.errors import StoreUnavailable
 
 if TYPE_CHECKING:
-    from types_aiobotocore_dynamodb.client import DynamoDBClient
+    from types_aiobotocore_dynamodb.client import DynamoDBClient as DynamoDBClient
 else:
     DynamoDBClient = Any
 

@@ -1,0 +1,442 @@
+"""``MessageStore`` on the DynamoDB API (AWS, dynoxide or moto: the same code).
+
+Every call goes through the :class:`~messaging.infra.dynamodb.Retrier` (throttling and transient
+errors retried with backoff and jitter within a deadline). Conditional failures are outcomes, not
+errors. Reads that decide a write are strongly consistent. Attribute names in expressions are
+always placeholders (``#n``), since DynamoDB reserves hundreds of words.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from messaging.domain.model import Chat, ChatKind, IdempotencyRecord, Membership, Message
+from messaging.durability.ports import AppendOutcome, RemoveOutcome
+from messaging.infra.dynamodb import DynamoDBClient, Retrier, error_code
+from messaging.infra.schema import (
+    CHAT_MEMBERSHIPS,
+    CHATS,
+    DELIVERY_STATE,
+    IDEMPOTENCY_KEYS,
+    MESSAGES,
+    table_name,
+)
+
+Item = dict[str, Any]
+OUTBOX_SHARDS = 4
+"""Unpublished messages are spread over this many partitions of the sparse ``outbox`` index."""
+
+
+def outbox_shard(chat_id: str) -> str:
+    return f"outbox-{zlib.crc32(chat_id.encode()) % OUTBOX_SHARDS}"
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def _int(item: Item, name: str, default: int = 0) -> int:
+    return int(item[name]["N"]) if name in item else default
+
+
+def _cancellation_codes(exc: ClientError) -> list[str]:
+    reasons = exc.response.get("CancellationReasons") or []
+    return [str(reason.get("Code") or "None") for reason in reasons]
+
+
+def chat_from_item(item: Item) -> Chat:
+    return Chat(
+        chat_id=item["chat_id"]["S"],
+        kind=ChatKind(item["kind"]["S"]),
+        title=item.get("title", {"S": ""})["S"],
+        created_by=item["created_by"]["S"],
+        created_at_ms=_int(item, "created_at_ms"),
+        head=_int(item, "head"),
+        last_message_at_ms=_int(item, "last_message_at_ms"),
+    )
+
+
+def membership_from_item(item: Item) -> Membership:
+    return Membership(
+        chat_id=item["chat_id"]["S"],
+        user_id=item["user_id"]["S"],
+        joined_seq=_int(item, "joined_seq"),
+        removed_seq=_int(item, "removed_seq") if "removed_seq" in item else None,
+    )
+
+
+def message_item(message: Message) -> Item:
+    return {
+        "chat_id": _s(message.chat_id),
+        "sequence": _n(message.sequence),
+        "sender_id": _s(message.sender_id),
+        "sender_device": _s(message.sender_device),
+        "client_message_id": _s(message.client_message_id),
+        "text": _s(message.text),
+        "created_at_ms": _n(message.created_at_ms),
+    }
+
+
+def message_from_item(item: Item) -> Message:
+    return Message(
+        chat_id=item["chat_id"]["S"],
+        sequence=_int(item, "sequence"),
+        sender_id=item["sender_id"]["S"],
+        sender_device=item["sender_device"]["S"],
+        client_message_id=item["client_message_id"]["S"],
+        text=item["text"]["S"],
+        created_at_ms=_int(item, "created_at_ms"),
+    )
+
+
+class DynamoMessageStore:
+    def __init__(self, client: DynamoDBClient, table_prefix: str, retrier: Retrier) -> None:
+        self._client = client
+        self._retry = retrier
+        self.chats = table_name(table_prefix, CHATS)
+        self.memberships = table_name(table_prefix, CHAT_MEMBERSHIPS)
+        self.messages = table_name(table_prefix, MESSAGES)
+        self.delivery = table_name(table_prefix, DELIVERY_STATE)
+        self.idempotency = table_name(table_prefix, IDEMPOTENCY_KEYS)
+
+    # ------------------------------------------------------------------ chats
+
+    async def get_chat(self, chat_id: str) -> Chat | None:
+        answer = await self._retry.run(
+            "GetItem chats",
+            lambda: self._client.get_item(
+                TableName=self.chats, Key={"chat_id": _s(chat_id)}, ConsistentRead=True
+            ),
+        )
+        item = answer.get("Item")
+        return chat_from_item(item) if item else None
+
+    async def get_chats(self, chat_ids: Sequence[str]) -> dict[str, Chat]:
+        items = await self._batch_get(
+            self.chats, [{"chat_id": _s(c)} for c in dict.fromkeys(chat_ids)]
+        )
+        return {item["chat_id"]["S"]: chat_from_item(item) for item in items}
+
+    async def create_chat(self, chat: Chat, members: Sequence[Membership]) -> tuple[Chat, bool]:
+        # Members first, the chat item last and conditionally: a chat becomes visible only once
+        # complete. A crash in between leaves memberships of a chat that does not exist, which
+        # every read skips (and a retry of a 1:1 creation completes).
+        await self._batch_write(self.memberships, [self._membership_item(m) for m in members])
+        item: Item = {
+            "chat_id": _s(chat.chat_id),
+            "kind": _s(chat.kind.value),
+            "title": _s(chat.title),
+            "created_by": _s(chat.created_by),
+            "created_at_ms": _n(chat.created_at_ms),
+            "head": _n(0),
+            "last_message_at_ms": _n(0),
+        }
+        try:
+            await self._retry.run(
+                "PutItem chats",
+                lambda: self._client.put_item(
+                    TableName=self.chats,
+                    Item=item,
+                    ConditionExpression="attribute_not_exists(#id)",
+                    ExpressionAttributeNames={"#id": "chat_id"},
+                ),
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            existing = await self.get_chat(chat.chat_id)
+            assert existing is not None, "a chat that failed attribute_not_exists must exist"
+            return existing, False
+        return chat, True
+
+    # ------------------------------------------------------------------ memberships
+
+    @staticmethod
+    def _membership_item(membership: Membership) -> Item:
+        item: Item = {
+            "chat_id": _s(membership.chat_id),
+            "user_id": _s(membership.user_id),
+            "joined_seq": _n(membership.joined_seq),
+        }
+        if membership.removed_seq is not None:
+            item["removed_seq"] = _n(membership.removed_seq)
+        return item
+
+    async def get_membership(self, chat_id: str, user_id: str) -> Membership | None:
+        answer = await self._retry.run(
+            "GetItem chat_memberships",
+            lambda: self._client.get_item(
+                TableName=self.memberships,
+                Key={"chat_id": _s(chat_id), "user_id": _s(user_id)},
+                ConsistentRead=True,
+            ),
+        )
+        item = answer.get("Item")
+        return membership_from_item(item) if item else None
+
+    async def list_members(self, chat_id: str) -> list[Membership]:
+        items = await self._query_all(
+            TableName=self.memberships,
+            KeyConditionExpression="#c = :c",
+            ExpressionAttributeNames={"#c": "chat_id"},
+            ExpressionAttributeValues={":c": _s(chat_id)},
+            ConsistentRead=True,
+        )
+        return [m for m in map(membership_from_item, items) if m.active]
+
+    async def list_memberships_of(self, user_id: str) -> list[Membership]:
+        # Global secondary indexes are eventually consistent on AWS: a chat created a moment
+        # ago may be missing from this list for a moment (ADR 0004).
+        items = await self._query_all(
+            TableName=self.memberships,
+            IndexName="by_user",
+            KeyConditionExpression="#u = :u",
+            ExpressionAttributeNames={"#u": "user_id"},
+            ExpressionAttributeValues={":u": _s(user_id)},
+        )
+        return [m for m in map(membership_from_item, items) if m.active]
+
+    async def put_membership(self, membership: Membership) -> None:
+        item = self._membership_item(membership)
+        await self._retry.run(
+            "PutItem chat_memberships",
+            lambda: self._client.put_item(TableName=self.memberships, Item=item),
+        )
+
+    async def remove_membership(
+        self, chat_id: str, user_id: str, expected_head: int
+    ) -> RemoveOutcome:
+        try:
+            await self._retry.run(
+                "TransactWriteItems remove member",
+                lambda: self._client.transact_write_items(
+                    TransactItems=[
+                        {
+                            "ConditionCheck": {
+                                "TableName": self.chats,
+                                "Key": {"chat_id": _s(chat_id)},
+                                "ConditionExpression": "#h = :h",
+                                "ExpressionAttributeNames": {"#h": "head"},
+                                "ExpressionAttributeValues": {":h": _n(expected_head)},
+                            }
+                        },
+                        {
+                            "Update": {
+                                "TableName": self.memberships,
+                                "Key": {"chat_id": _s(chat_id), "user_id": _s(user_id)},
+                                "UpdateExpression": "SET #r = :h",
+                                "ConditionExpression": (
+                                    "attribute_exists(#u) AND attribute_not_exists(#r)"
+                                ),
+                                "ExpressionAttributeNames": {"#r": "removed_seq", "#u": "user_id"},
+                                "ExpressionAttributeValues": {":h": _n(expected_head)},
+                            }
+                        },
+                    ]
+                ),
+            )
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            codes = _cancellation_codes(exc)
+            if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
+                return RemoveOutcome.NOT_A_MEMBER
+            return RemoveOutcome.HEAD_MOVED
+        return RemoveOutcome.REMOVED
+
+    # ------------------------------------------------------------------ messages
+
+    async def get_idempotency(self, key: str) -> IdempotencyRecord | None:
+        answer = await self._retry.run(
+            "GetItem idempotency_keys",
+            lambda: self._client.get_item(
+                TableName=self.idempotency, Key={"key": _s(key)}, ConsistentRead=True
+            ),
+        )
+        item = answer.get("Item")
+        if not item:
+            return None
+        return IdempotencyRecord(
+            sender_id=item["sender_id"]["S"],
+            client_message_id=item["client_message_id"]["S"],
+            chat_id=item["chat_id"]["S"],
+            sequence=_int(item, "sequence"),
+            text_sha256=item["text_sha256"]["S"],
+            expires_at=_int(item, "expires_at"),
+        )
+
+    async def try_append(
+        self, message: Message, expected_head: int, record: IdempotencyRecord
+    ) -> AppendOutcome:
+        assert message.sequence == expected_head + 1
+        item = message_item(message)
+        item["outbox_shard"] = _s(outbox_shard(message.chat_id))
+        transaction: list[Any] = [
+            {
+                # The per-chat atomic counter, conditional on its expected value.
+                "Update": {
+                    "TableName": self.chats,
+                    "Key": {"chat_id": _s(message.chat_id)},
+                    "UpdateExpression": "ADD #h :one SET #t = :now",
+                    "ConditionExpression": "#h = :expected",
+                    "ExpressionAttributeNames": {"#h": "head", "#t": "last_message_at_ms"},
+                    "ExpressionAttributeValues": {
+                        ":one": _n(1),
+                        ":expected": _n(expected_head),
+                        ":now": _n(message.created_at_ms),
+                    },
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self.messages,
+                    "Item": item,
+                    "ConditionExpression": "attribute_not_exists(#c)",
+                    "ExpressionAttributeNames": {"#c": "chat_id"},
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self.idempotency,
+                    "Item": {
+                        "key": _s(record.key),
+                        "sender_id": _s(record.sender_id),
+                        "client_message_id": _s(record.client_message_id),
+                        "chat_id": _s(record.chat_id),
+                        "sequence": _n(record.sequence),
+                        "text_sha256": _s(record.text_sha256),
+                        "expires_at": _n(record.expires_at),
+                    },
+                    # An expired record (TTL deletion is lazy) may be replaced.
+                    "ConditionExpression": "attribute_not_exists(#k) OR #e < :now",
+                    "ExpressionAttributeNames": {"#k": "key", "#e": "expires_at"},
+                    "ExpressionAttributeValues": {":now": _n(message.created_at_ms // 1000)},
+                }
+            },
+            {
+                "ConditionCheck": {
+                    "TableName": self.memberships,
+                    "Key": {"chat_id": _s(message.chat_id), "user_id": _s(message.sender_id)},
+                    "ConditionExpression": "attribute_exists(#u) AND attribute_not_exists(#r)",
+                    "ExpressionAttributeNames": {"#u": "user_id", "#r": "removed_seq"},
+                }
+            },
+        ]
+        try:
+            await self._retry.run(
+                "TransactWriteItems append",
+                lambda: self._client.transact_write_items(TransactItems=transaction),
+            )
+        except ClientError as exc:
+            if error_code(exc) != "TransactionCanceledException":
+                raise
+            codes = _cancellation_codes(exc)
+            if len(codes) > 2 and codes[2] == "ConditionalCheckFailed":
+                return AppendOutcome.DUPLICATE_KEY
+            if len(codes) > 3 and codes[3] == "ConditionalCheckFailed":
+                return AppendOutcome.NOT_A_MEMBER
+            # The head moved, or a concurrent transaction touched the same items
+            # (TransactionConflict): both mean "re-read and try again".
+            return AppendOutcome.HEAD_MOVED
+        return AppendOutcome.APPENDED
+
+    async def read_messages(
+        self, chat_id: str, low: int, high: int, *, limit: int, descending: bool = False
+    ) -> list[Message]:
+        if low > high or limit <= 0:
+            return []
+        items = await self._query_all(
+            TableName=self.messages,
+            KeyConditionExpression="#c = :c AND #s BETWEEN :low AND :high",
+            ExpressionAttributeNames={"#c": "chat_id", "#s": "sequence"},
+            ExpressionAttributeValues={":c": _s(chat_id), ":low": _n(low), ":high": _n(high)},
+            ScanIndexForward=not descending,
+            ConsistentRead=True,
+            limit=limit,
+        )
+        return [message_from_item(item) for item in items]
+
+    # ------------------------------------------------------------------ delivery state
+
+    async def get_last_acked(self, user_id: str, chat_ids: Sequence[str]) -> dict[str, int]:
+        keys = [{"user_id": _s(user_id), "chat_id": _s(c)} for c in dict.fromkeys(chat_ids)]
+        items = await self._batch_get(self.delivery, keys)
+        return {item["chat_id"]["S"]: _int(item, "last_acked_sequence") for item in items}
+
+    async def advance_last_acked(self, user_id: str, chat_id: str, sequence: int) -> int:
+        key = {"user_id": _s(user_id), "chat_id": _s(chat_id)}
+        try:
+            answer = await self._retry.run(
+                "UpdateItem delivery_state",
+                lambda: self._client.update_item(
+                    TableName=self.delivery,
+                    Key=key,
+                    UpdateExpression="SET #a = :s",
+                    ConditionExpression="attribute_not_exists(#a) OR #a < :s",
+                    ExpressionAttributeNames={"#a": "last_acked_sequence"},
+                    ExpressionAttributeValues={":s": _n(sequence)},
+                    ReturnValues="UPDATED_NEW",
+                ),
+            )
+            return _int(answer["Attributes"], "last_acked_sequence")
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+        current = await self._retry.run(
+            "GetItem delivery_state",
+            lambda: self._client.get_item(TableName=self.delivery, Key=key, ConsistentRead=True),
+        )
+        return _int(current.get("Item", {}), "last_acked_sequence")
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _query_all(self, *, limit: int | None = None, **request: Any) -> list[Item]:
+        items: list[Item] = []
+        while True:
+            if limit is not None:
+                request["Limit"] = limit - len(items)
+            page = await self._retry.run(
+                f"Query {request['TableName']}", lambda: self._client.query(**request)
+            )
+            items.extend(page.get("Items", []))
+            last = page.get("LastEvaluatedKey")
+            if not last or (limit is not None and len(items) >= limit):
+                return items
+            request["ExclusiveStartKey"] = last
+
+    async def _batch_get(self, table: str, keys: list[Item]) -> list[Item]:
+        found: list[Item] = []
+        for start in range(0, len(keys), 100):
+            pending: dict[str, Any] = {
+                table: {"Keys": keys[start : start + 100], "ConsistentRead": True}
+            }
+            while pending:
+                request = pending
+                answer = await self._retry.run(
+                    f"BatchGetItem {table}",
+                    lambda request=request: self._client.batch_get_item(RequestItems=request),  # type: ignore[misc]
+                )
+                found.extend(answer.get("Responses", {}).get(table, []))
+                pending = dict(answer.get("UnprocessedKeys") or {})
+        return found
+
+    async def _batch_write(self, table: str, items: list[Item]) -> None:
+        for start in range(0, len(items), 25):
+            pending: dict[str, Any] = {
+                table: [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+            }
+            while pending:
+                request = pending
+                answer = await self._retry.run(
+                    f"BatchWriteItem {table}",
+                    lambda request=request: self._client.batch_write_item(RequestItems=request),  # type: ignore[misc]
+                )
+                pending = dict(answer.get("UnprocessedItems") or {})

@@ -1,0 +1,239 @@
+"""The ``MessageStore`` contract, run against the in-memory fake and every DynamoDB emulator.
+
+The durability invariants rest on these behaviours, above all on ``try_append`` being atomic
+and conditional on the head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from messaging.domain.ids import direct_chat_id, new_group_id, new_user_id
+from messaging.domain.model import (
+    Chat,
+    ChatKind,
+    IdempotencyRecord,
+    Membership,
+    Message,
+    idempotency_key,
+)
+from messaging.durability.ports import AppendOutcome, MessageStore, RemoveOutcome
+from tests.contract.stores import TARGETS, open_store
+
+NOW = 1_700_000_000
+
+
+@pytest.fixture(params=TARGETS)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[MessageStore]:
+    async with open_store(request.param) as opened:
+        yield opened
+
+
+async def new_group(store: MessageStore, *members: str) -> Chat:
+    chat = Chat(
+        chat_id=new_group_id(),
+        kind=ChatKind.GROUP,
+        title="t",
+        created_by=members[0],
+        created_at_ms=NOW * 1000,
+    )
+    created, was_new = await store.create_chat(
+        chat, [Membership(chat_id=chat.chat_id, user_id=m, joined_seq=0) for m in members]
+    )
+    assert was_new
+    return created
+
+
+def msg(
+    chat: Chat, seq: int, sender: str, cmid: str | None = None, text: str = "hi"
+) -> tuple[Message, IdempotencyRecord]:
+    cmid = cmid or uuid.uuid4().hex
+    message = Message(
+        chat_id=chat.chat_id,
+        sequence=seq,
+        sender_id=sender,
+        sender_device="dev1",
+        client_message_id=cmid,
+        text=text,
+        created_at_ms=NOW * 1000 + seq,
+    )
+    record = IdempotencyRecord(
+        sender_id=sender,
+        client_message_id=cmid,
+        chat_id=chat.chat_id,
+        sequence=seq,
+        text_sha256="h",
+        expires_at=NOW + 86400,
+    )
+    return message, record
+
+
+async def append(
+    store: MessageStore, chat: Chat, seq: int, sender: str, **kw: str
+) -> AppendOutcome:
+    message, record = msg(chat, seq, sender, **kw)
+    return await store.try_append(message, seq - 1, record)
+
+
+async def test_create_chat_is_idempotent_for_a_direct_chat(store: MessageStore) -> None:
+    a, b = new_user_id(), new_user_id()
+    chat = Chat(
+        chat_id=direct_chat_id(a, b),
+        kind=ChatKind.DIRECT,
+        title="",
+        created_by=a,
+        created_at_ms=1,
+    )
+    members = [Membership(chat_id=chat.chat_id, user_id=u, joined_seq=0) for u in (a, b)]
+    first, created = await store.create_chat(chat, members)
+    again, created_again = await store.create_chat(
+        Chat(
+            chat_id=chat.chat_id,
+            kind=ChatKind.DIRECT,
+            title="",
+            created_by=b,
+            created_at_ms=2,
+        ),
+        members,
+    )
+    assert (created, created_again) == (True, False)
+    assert again == first
+    assert first.head == 0
+    assert {m.user_id for m in await store.list_members(chat.chat_id)} == {a, b}
+    assert [m.chat_id for m in await store.list_memberships_of(a)] == [chat.chat_id]
+
+
+async def test_append_is_conditional_on_the_head(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    assert await append(store, chat, 1, alice) is AppendOutcome.APPENDED
+    # A writer that still believes the head is 0 loses, and writes nothing.
+    stale, record = msg(chat, 1, alice)
+    assert await store.try_append(stale, 0, record) is AppendOutcome.HEAD_MOVED
+    assert await store.get_idempotency(record.key) is None
+    assert await append(store, chat, 2, alice) is AppendOutcome.APPENDED
+    stored = await store.get_chat(chat.chat_id)
+    assert stored is not None
+    assert stored.head == 2
+    assert stored.last_message_at_ms == NOW * 1000 + 2
+    assert [m.sequence for m in await store.read_messages(chat.chat_id, 1, 10, limit=10)] == [1, 2]
+
+
+async def test_a_duplicate_key_writes_nothing(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    assert await append(store, chat, 1, alice, cmid="same") is AppendOutcome.APPENDED
+    assert await append(store, chat, 2, alice, cmid="same") is AppendOutcome.DUPLICATE_KEY
+    stored = await store.get_chat(chat.chat_id)
+    assert stored is not None
+    assert stored.head == 1
+    assert await store.read_messages(chat.chat_id, 2, 2, limit=1) == []
+    record = await store.get_idempotency(idempotency_key(alice, "same"))
+    assert record is not None
+    assert record.sequence == 1
+
+
+async def test_an_expired_idempotency_record_may_be_replaced(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    message, record = msg(chat, 1, alice, cmid="old")
+    expired = IdempotencyRecord(
+        sender_id=alice,
+        client_message_id="old",
+        chat_id=chat.chat_id,
+        sequence=1,
+        text_sha256="h",
+        expires_at=NOW - 10,
+    )
+    assert await store.try_append(message, 0, expired) is AppendOutcome.APPENDED
+    again, record = msg(chat, 2, alice, cmid="old")
+    assert await store.try_append(again, 1, record) is AppendOutcome.APPENDED
+    stored = await store.get_idempotency(idempotency_key(alice, "old"))
+    assert stored is not None
+    assert stored.sequence == 2
+
+
+async def test_non_members_cannot_append(store: MessageStore) -> None:
+    alice, bob, mallory = new_user_id(), new_user_id(), new_user_id()
+    chat = await new_group(store, alice, bob)
+    assert await append(store, chat, 1, mallory) is AppendOutcome.NOT_A_MEMBER
+    assert await store.remove_membership(chat.chat_id, bob, 0) is RemoveOutcome.REMOVED
+    outcome = await append(store, chat, 1, bob, cmid="after-removal")
+    assert outcome is AppendOutcome.NOT_A_MEMBER
+    assert await store.get_idempotency(idempotency_key(bob, "after-removal")) is None
+    stored = await store.get_chat(chat.chat_id)
+    assert stored is not None
+    assert stored.head == 0
+
+
+async def test_remove_membership_is_conditional_on_the_head(store: MessageStore) -> None:
+    alice, bob = new_user_id(), new_user_id()
+    chat = await new_group(store, alice, bob)
+    assert await append(store, chat, 1, alice) is AppendOutcome.APPENDED
+    assert await store.remove_membership(chat.chat_id, bob, 0) is RemoveOutcome.HEAD_MOVED
+    assert await store.remove_membership(chat.chat_id, bob, 1) is RemoveOutcome.REMOVED
+    assert await store.remove_membership(chat.chat_id, bob, 1) is RemoveOutcome.NOT_A_MEMBER
+    membership = await store.get_membership(chat.chat_id, bob)
+    assert membership is not None
+    assert membership.removed_seq == 1
+    assert [m.user_id for m in await store.list_members(chat.chat_id)] == [alice]
+    assert await store.list_memberships_of(bob) == []
+    # Re-adding overwrites the removed membership.
+    await store.put_membership(Membership(chat_id=chat.chat_id, user_id=bob, joined_seq=1))
+    assert {m.user_id for m in await store.list_members(chat.chat_id)} == {alice, bob}
+
+
+async def test_concurrent_appends_at_one_head_have_exactly_one_winner(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    outcomes = await asyncio.gather(*(append(store, chat, 1, alice) for _ in range(20)))
+    assert outcomes.count(AppendOutcome.APPENDED) == 1
+    assert set(outcomes) == {AppendOutcome.APPENDED, AppendOutcome.HEAD_MOVED}
+    assert len(await store.read_messages(chat.chat_id, 1, 5, limit=5)) == 1
+
+
+async def test_read_messages_ranges_pages_and_order(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    for seq in range(1, 131):
+        assert await append(store, chat, seq, alice, text=f"m{seq}") is AppendOutcome.APPENDED
+    ascending = await store.read_messages(chat.chat_id, 1, 130, limit=130)
+    assert [m.sequence for m in ascending] == list(range(1, 131))
+    assert [m.text for m in ascending[:3]] == ["m1", "m2", "m3"]
+    window = await store.read_messages(chat.chat_id, 11, 50, limit=15)
+    assert [m.sequence for m in window] == list(range(11, 26))
+    newest = await store.read_messages(chat.chat_id, 1, 130, limit=5, descending=True)
+    assert [m.sequence for m in newest] == [130, 129, 128, 127, 126]
+    assert await store.read_messages(chat.chat_id, 131, 200, limit=10) == []
+
+
+async def test_text_round_trips_exactly(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    text = '👩‍👩‍👧‍👦 e\u0301 שלום 🇺🇦 \u200d\t\n"quotes" <b>&amp;'
+    assert await append(store, chat, 1, alice, text=text) is AppendOutcome.APPENDED
+    [stored] = await store.read_messages(chat.chat_id, 1, 1, limit=1)
+    assert stored.text.encode() == text.encode()
+
+
+async def test_last_acked_only_moves_forward(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat_id = new_group_id()
+    assert await store.get_last_acked(alice, [chat_id]) == {}
+    assert await store.advance_last_acked(alice, chat_id, 5) == 5
+    assert await store.advance_last_acked(alice, chat_id, 3) == 5
+    assert await store.advance_last_acked(alice, chat_id, 7) == 7
+    assert await store.get_last_acked(alice, [chat_id]) == {chat_id: 7}
+
+
+async def test_get_chats_reads_more_than_one_batch(store: MessageStore) -> None:
+    alice = new_user_id()
+    chats = await asyncio.gather(*(new_group(store, alice) for _ in range(105)))
+    wanted = [c.chat_id for c in chats] + ["g_" + "0" * 32]
+    found = await store.get_chats(wanted)
+    assert set(found) == {c.chat_id for c in chats}
+    assert len(await store.list_memberships_of(alice)) == 105

@@ -1,0 +1,1 @@
+"""In-memory fakes of the ports, held to the same contract suites as the real adapters."""

@@ -1,0 +1,116 @@
+"""In-memory ``MessageStore`` and ``UserDirectory``: the same contract as the DynamoDB adapter
+(tests/contract/test_message_store.py runs one suite against both)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from messaging.domain.model import Chat, IdempotencyRecord, Membership, Message
+from messaging.durability.ports import AppendOutcome, RemoveOutcome
+
+
+class InMemoryMessageStore:
+    """Each method runs without awaiting in its critical part, so it is atomic under asyncio."""
+
+    def __init__(self) -> None:
+        self.chats: dict[str, Chat] = {}
+        self.memberships: dict[tuple[str, str], Membership] = {}
+        self.messages: dict[tuple[str, int], Message] = {}
+        self.idempotency: dict[str, IdempotencyRecord] = {}
+        self.acked: dict[tuple[str, str], int] = {}
+        self.now: float = 0.0
+        """Seconds; expired idempotency records may be replaced, as with the DynamoDB TTL."""
+
+    async def get_chat(self, chat_id: str) -> Chat | None:
+        return self.chats.get(chat_id)
+
+    async def get_chats(self, chat_ids: Sequence[str]) -> dict[str, Chat]:
+        return {c: self.chats[c] for c in chat_ids if c in self.chats}
+
+    async def create_chat(self, chat: Chat, members: Sequence[Membership]) -> tuple[Chat, bool]:
+        for member in members:
+            self.memberships[(member.chat_id, member.user_id)] = member
+        if chat.chat_id in self.chats:
+            return self.chats[chat.chat_id], False
+        stored = attrs.evolve(chat, head=0, last_message_at_ms=0)
+        self.chats[chat.chat_id] = stored
+        return stored, True
+
+    async def get_membership(self, chat_id: str, user_id: str) -> Membership | None:
+        return self.memberships.get((chat_id, user_id))
+
+    async def list_members(self, chat_id: str) -> list[Membership]:
+        return sorted(
+            (m for (c, _), m in self.memberships.items() if c == chat_id and m.active),
+            key=lambda m: m.user_id,
+        )
+
+    async def list_memberships_of(self, user_id: str) -> list[Membership]:
+        return [m for (_, u), m in self.memberships.items() if u == user_id and m.active]
+
+    async def put_membership(self, membership: Membership) -> None:
+        self.memberships[(membership.chat_id, membership.user_id)] = membership
+
+    async def remove_membership(
+        self, chat_id: str, user_id: str, expected_head: int
+    ) -> RemoveOutcome:
+        chat = self.chats.get(chat_id)
+        if chat is None or chat.head != expected_head:
+            return RemoveOutcome.HEAD_MOVED
+        member = self.memberships.get((chat_id, user_id))
+        if member is None or not member.active:
+            return RemoveOutcome.NOT_A_MEMBER
+        self.memberships[(chat_id, user_id)] = attrs.evolve(member, removed_seq=expected_head)
+        return RemoveOutcome.REMOVED
+
+    async def get_idempotency(self, key: str) -> IdempotencyRecord | None:
+        return self.idempotency.get(key)
+
+    async def try_append(
+        self, message: Message, expected_head: int, record: IdempotencyRecord
+    ) -> AppendOutcome:
+        assert message.sequence == expected_head + 1
+        existing = self.idempotency.get(record.key)
+        if existing is not None and existing.expires_at >= message.created_at_ms // 1000:
+            return AppendOutcome.DUPLICATE_KEY
+        member = self.memberships.get((message.chat_id, message.sender_id))
+        if member is None or not member.active:
+            return AppendOutcome.NOT_A_MEMBER
+        chat = self.chats.get(message.chat_id)
+        if chat is None or chat.head != expected_head:
+            return AppendOutcome.HEAD_MOVED
+        if (message.chat_id, message.sequence) in self.messages:
+            return AppendOutcome.HEAD_MOVED
+        self.chats[chat.chat_id] = attrs.evolve(
+            chat, head=message.sequence, last_message_at_ms=message.created_at_ms
+        )
+        self.messages[(message.chat_id, message.sequence)] = message
+        self.idempotency[record.key] = record
+        return AppendOutcome.APPENDED
+
+    async def read_messages(
+        self, chat_id: str, low: int, high: int, *, limit: int, descending: bool = False
+    ) -> list[Message]:
+        sequences = range(high, low - 1, -1) if descending else range(low, high + 1)
+        found = [self.messages[(chat_id, s)] for s in sequences if (chat_id, s) in self.messages]
+        return found[:limit]
+
+    async def get_last_acked(self, user_id: str, chat_ids: Sequence[str]) -> dict[str, int]:
+        return {c: self.acked[(user_id, c)] for c in chat_ids if (user_id, c) in self.acked}
+
+    async def advance_last_acked(self, user_id: str, chat_id: str, sequence: int) -> int:
+        current = self.acked.get((user_id, chat_id))
+        if current is None or current < sequence:
+            self.acked[(user_id, chat_id)] = sequence
+            return sequence
+        return current
+
+
+class FakeUserDirectory:
+    def __init__(self, users: Sequence[str] = ()) -> None:
+        self.users = set(users)
+
+    async def missing(self, user_ids: Sequence[str]) -> set[str]:
+        return set(user_ids) - self.users
