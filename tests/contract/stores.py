@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from messaging.durability.adapters.dynamodb_store import DynamoMessageStore
-from messaging.durability.ports import MessageStore
+from messaging.durability.adapters.dynamodb_store import DynamoMessageStore, DynamoOutbox
+from messaging.durability.ports import MessageStore, Outbox
 from messaging.infra.dynamodb import Retrier, open_client
 from messaging.infra.schema import ensure_tables
-from tests.fakes.durability import InMemoryMessageStore
+from tests.fakes.durability import InMemoryMessageStore, InMemoryOutbox
 
 TARGETS = ["fake", "dynoxide", "moto"]
 ENDPOINT_ENV = {
@@ -32,10 +32,18 @@ def endpoint_for(target: str) -> str:
 
 @asynccontextmanager
 async def open_store(target: str) -> AsyncIterator[MessageStore]:
+    async with open_store_and_outbox(target) as (store, _):
+        yield store
+
+
+@asynccontextmanager
+async def open_store_and_outbox(target: str) -> AsyncIterator[tuple[MessageStore, Outbox]]:
     if target == "fake":
-        yield InMemoryMessageStore()
+        store = InMemoryMessageStore()
+        yield store, InMemoryOutbox(store)
         return
     prefix = f"c{uuid.uuid4().hex[:8]}-"
     async with open_client(endpoint_for(target), "us-east-1") as client:
         await ensure_tables(client, prefix)
-        yield DynamoMessageStore(client, prefix, Retrier(10.0))
+        retrier = Retrier(10.0)
+        yield DynamoMessageStore(client, prefix, retrier), DynamoOutbox(client, prefix, retrier)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import attrs
 
 from messaging.domain.model import Chat, IdempotencyRecord, Membership, Message
-from messaging.durability.ports import AppendOutcome, RemoveOutcome
+from messaging.durability.ports import AppendOutcome, OutboxEntry, RemoveOutcome
 
 
 class InMemoryMessageStore:
@@ -20,6 +20,7 @@ class InMemoryMessageStore:
         self.messages: dict[tuple[str, int], Message] = {}
         self.idempotency: dict[str, IdempotencyRecord] = {}
         self.acked: dict[tuple[str, str], int] = {}
+        self.outbox: dict[tuple[str, int], OutboxEntry] = {}
         self.now: float = 0.0
         """Seconds; expired idempotency records may be replaced, as with the DynamoDB TTL."""
 
@@ -88,6 +89,9 @@ class InMemoryMessageStore:
         )
         self.messages[(message.chat_id, message.sequence)] = message
         self.idempotency[record.key] = record
+        self.outbox[(message.chat_id, message.sequence)] = OutboxEntry(
+            message.chat_id, message.sequence, message.created_at_ms
+        )
         return AppendOutcome.APPENDED
 
     async def read_messages(
@@ -106,6 +110,37 @@ class InMemoryMessageStore:
             self.acked[(user_id, chat_id)] = sequence
             return sequence
         return current
+
+
+class InMemoryOutbox:
+    """The outbox view of an :class:`InMemoryMessageStore`."""
+
+    def __init__(self, store: InMemoryMessageStore) -> None:
+        self.store = store
+
+    async def pending(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
+        entries = sorted(
+            (e for e in self.store.outbox.values() if e.created_at_ms < created_before_ms),
+            key=lambda e: (e.created_at_ms, e.chat_id, e.sequence),
+        )
+        return entries[:limit]
+
+    async def clear(self, entries: Sequence[OutboxEntry]) -> None:
+        for entry in entries:
+            self.store.outbox.pop((entry.chat_id, entry.sequence), None)
+
+
+class RecordingPublisher:
+    """A ``MessagePublisher`` that records, and can be told to fail."""
+
+    def __init__(self) -> None:
+        self.published: list[Message] = []
+        self.fail = False
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        if self.fail:
+            raise ConnectionError("the event log is down")
+        self.published.extend(messages)
 
 
 class FakeUserDirectory:

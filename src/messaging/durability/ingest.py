@@ -24,6 +24,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Protocol
 
 from messaging.domain.errors import (
     IdempotencyKeyReused,
@@ -43,6 +44,18 @@ from messaging.domain.text import validate_text
 from messaging.durability.config import DurabilityConfig
 from messaging.durability.locks import KeyedLocks
 from messaging.durability.ports import AppendOutcome, MessageStore
+from messaging.protocol.faults import FaultPoint, FaultPoints, NoFaults
+
+
+class PersistedSink(Protocol):
+    """Takes each message right after it became durable (the outbox relay)."""
+
+    def submit(self, message: Message) -> None: ...
+
+
+class _Discard:
+    def submit(self, message: Message) -> None:
+        return None
 
 
 class IngestService:
@@ -51,10 +64,14 @@ class IngestService:
         store: MessageStore,
         config: DurabilityConfig,
         *,
+        sink: PersistedSink | None = None,
+        faults: FaultPoints | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._sink: PersistedSink = sink or _Discard()
+        self._faults: FaultPoints = faults or NoFaults()
         self._config = config
         self._clock = clock
         self._monotonic = monotonic
@@ -106,6 +123,8 @@ class IngestService:
                 outcome = await self._store.try_append(message, head, record)
                 if outcome is AppendOutcome.APPENDED:
                     self._remember_head(chat_id, message.sequence)
+                    self._faults.hit(FaultPoint.AFTER_PERSIST)
+                    self._sink.submit(message)
                     return SendResult(message=message, duplicate=False)
                 if outcome is AppendOutcome.DUPLICATE_KEY:
                     stored = await self._store.get_idempotency(key)

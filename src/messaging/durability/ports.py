@@ -12,6 +12,8 @@ import enum
 from collections.abc import Sequence
 from typing import Protocol
 
+import attrs
+
 from messaging.domain.model import Chat, IdempotencyRecord, Membership, Message
 
 
@@ -67,7 +69,8 @@ class MessageStore(Protocol):
         self, message: Message, expected_head: int, record: IdempotencyRecord
     ) -> AppendOutcome:
         """Atomically: head ``expected_head`` -> ``message.sequence`` (= expected + 1), store the
-        message and the idempotency record, provided the sender is an active member."""
+        message, its idempotency record and its outbox entry, provided the sender is an active
+        member."""
         ...
 
     async def read_messages(
@@ -85,9 +88,26 @@ class MessageStore(Protocol):
 
 
 class MessagePublisher(Protocol):
-    """Publishes a persisted message to the event log (Kafka), keyed by chat."""
+    """Publishes persisted messages to the event log (Kafka), keyed by chat, in the order given;
+    returns once the log has acknowledged every one (raises if it did not)."""
 
-    async def publish(self, message: Message) -> None: ...
+    async def publish(self, messages: Sequence[Message]) -> None: ...
+
+
+@attrs.frozen
+class OutboxEntry:
+    chat_id: str
+    sequence: int
+    created_at_ms: int
+
+
+class Outbox(Protocol):
+    """Messages persisted but not yet confirmed published. ``try_append`` adds the entry in the
+    same transaction as the message; the relay clears it once Kafka has the message."""
+
+    async def pending(self, created_before_ms: int, limit: int) -> list[OutboxEntry]: ...
+
+    async def clear(self, entries: Sequence[OutboxEntry]) -> None: ...
 
 
 class UserDirectory(Protocol):

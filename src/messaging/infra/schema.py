@@ -47,13 +47,10 @@ CHAT_MEMBERSHIPS = TableSpec(
     ("user_id", "S"),
     indexes=(Index("by_user", ("user_id", "S"), ("chat_id", "S")),),
 )
-MESSAGES = TableSpec(
-    "messages",
-    ("chat_id", "S"),
-    ("sequence", "N"),
-    # Sparse index: only messages whose Kafka publish is not yet confirmed carry ``outbox_shard``.
-    indexes=(Index("outbox", ("outbox_shard", "S"), ("created_at_ms", "N")),),
-)
+MESSAGES = TableSpec("messages", ("chat_id", "S"), ("sequence", "N"))
+# One entry per message whose Kafka publish is not yet confirmed (ADR 0006). ``entry`` sorts by
+# creation time: "<created_at_ms:013d>#<chat_id>#<sequence:012d>".
+OUTBOX = TableSpec("outbox", ("shard", "S"), ("entry", "S"))
 DELIVERY_STATE = TableSpec("delivery_state", ("user_id", "S"), ("chat_id", "S"))
 IDEMPOTENCY_KEYS = TableSpec("idempotency_keys", ("key", "S"), ttl_attribute="expires_at")
 
@@ -64,6 +61,7 @@ ALL_TABLES: tuple[TableSpec, ...] = (
     CHATS,
     CHAT_MEMBERSHIPS,
     MESSAGES,
+    OUTBOX,
     DELIVERY_STATE,
     IDEMPOTENCY_KEYS,
 )

@@ -15,7 +15,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from messaging.domain.model import Chat, ChatKind, IdempotencyRecord, Membership, Message
-from messaging.durability.ports import AppendOutcome, RemoveOutcome
+from messaging.durability.ports import AppendOutcome, OutboxEntry, RemoveOutcome
 from messaging.infra.dynamodb import DynamoDBClient, Retrier, error_code
 from messaging.infra.schema import (
     CHAT_MEMBERSHIPS,
@@ -23,16 +23,24 @@ from messaging.infra.schema import (
     DELIVERY_STATE,
     IDEMPOTENCY_KEYS,
     MESSAGES,
+    OUTBOX,
     table_name,
 )
 
 Item = dict[str, Any]
 OUTBOX_SHARDS = 4
-"""Unpublished messages are spread over this many partitions of the sparse ``outbox`` index."""
+"""Outbox entries are spread over this many partition keys (no single hot partition)."""
 
 
 def outbox_shard(chat_id: str) -> str:
-    return f"outbox-{zlib.crc32(chat_id.encode()) % OUTBOX_SHARDS}"
+    return f"s{zlib.crc32(chat_id.encode()) % OUTBOX_SHARDS}"
+
+
+def outbox_key(entry: OutboxEntry) -> Item:
+    return {
+        "shard": _s(outbox_shard(entry.chat_id)),
+        "entry": _s(f"{entry.created_at_ms:013d}#{entry.chat_id}#{entry.sequence:012d}"),
+    }
 
 
 def _s(value: str) -> dict[str, str]:
@@ -106,6 +114,7 @@ class DynamoMessageStore:
         self.messages = table_name(table_prefix, MESSAGES)
         self.delivery = table_name(table_prefix, DELIVERY_STATE)
         self.idempotency = table_name(table_prefix, IDEMPOTENCY_KEYS)
+        self.outbox = table_name(table_prefix, OUTBOX)
 
     # ------------------------------------------------------------------ chats
 
@@ -278,7 +287,11 @@ class DynamoMessageStore:
     ) -> AppendOutcome:
         assert message.sequence == expected_head + 1
         item = message_item(message)
-        item["outbox_shard"] = _s(outbox_shard(message.chat_id))
+        outbox_item = outbox_key(
+            OutboxEntry(message.chat_id, message.sequence, message.created_at_ms)
+        )
+        outbox_item["chat_id"] = _s(message.chat_id)
+        outbox_item["sequence"] = _n(message.sequence)
         transaction: list[Any] = [
             {
                 # The per-chat atomic counter, conditional on its expected value.
@@ -329,6 +342,7 @@ class DynamoMessageStore:
                     "ExpressionAttributeNames": {"#u": "user_id", "#r": "removed_seq"},
                 }
             },
+            {"Put": {"TableName": self.outbox, "Item": outbox_item}},
         ]
         try:
             await self._retry.run(
@@ -437,6 +451,53 @@ class DynamoMessageStore:
                 request = pending
                 answer = await self._retry.run(
                     f"BatchWriteItem {table}",
+                    lambda request=request: self._client.batch_write_item(RequestItems=request),  # type: ignore[misc]
+                )
+                pending = dict(answer.get("UnprocessedItems") or {})
+
+
+class DynamoOutbox:
+    """The ``outbox`` table: entries written by ``try_append``, cleared after publishing."""
+
+    def __init__(self, client: DynamoDBClient, table_prefix: str, retrier: Retrier) -> None:
+        self._client = client
+        self._retry = retrier
+        self.table = table_name(table_prefix, OUTBOX)
+
+    async def pending(self, created_before_ms: int, limit: int) -> list[OutboxEntry]:
+        found: list[OutboxEntry] = []
+        for shard in range(OUTBOX_SHARDS):
+            request: dict[str, Any] = {
+                "TableName": self.table,
+                "KeyConditionExpression": "#s = :s AND #e < :before",
+                "ExpressionAttributeNames": {"#s": "shard", "#e": "entry"},
+                "ExpressionAttributeValues": {
+                    ":s": _s(f"s{shard}"),
+                    ":before": _s(f"{created_before_ms:013d}"),
+                },
+                "Limit": limit,
+                "ConsistentRead": True,
+            }
+            page = await self._retry.run(
+                "Query outbox",
+                lambda request=request: self._client.query(**request),  # type: ignore[misc]
+            )
+            for item in page.get("Items", []):
+                created, chat_id, sequence = item["entry"]["S"].split("#")
+                found.append(OutboxEntry(chat_id, int(sequence), int(created)))
+        found.sort(key=lambda e: (e.created_at_ms, e.chat_id, e.sequence))
+        return found[:limit]
+
+    async def clear(self, entries: Sequence[OutboxEntry]) -> None:
+        keys = [outbox_key(entry) for entry in entries]
+        for start in range(0, len(keys), 25):
+            pending: dict[str, Any] = {
+                self.table: [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
+            }
+            while pending:
+                request = pending
+                answer = await self._retry.run(
+                    "BatchWriteItem outbox",
                     lambda request=request: self._client.batch_write_item(RequestItems=request),  # type: ignore[misc]
                 )
                 pending = dict(answer.get("UnprocessedItems") or {})
