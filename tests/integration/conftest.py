@@ -25,6 +25,9 @@ def app_env(settings: Settings) -> dict[str, str]:
         env_var("kafka_messages_topic"): settings.kafka_messages_topic,
         env_var("kafka_consumer_group"): settings.kafka_consumer_group,
         env_var("fault_hooks"): "true",
+        # Every test client logs in from 127.0.0.1: lift the per-address OTP limit for the
+        # shared app processes (the rate-limit test starts its own app with low limits).
+        env_var("otp_requests_per_address_per_window"): "100000",
     }
 
 

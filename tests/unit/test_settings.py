@@ -52,3 +52,7 @@ def test_production_accepts_a_proper_configuration() -> None:
 def test_production_refuses_unsafe_settings(override: dict[str, str], variable: str) -> None:
     with pytest.raises(SettingsError, match=f"^{variable}"):
         from_env({**PRODUCTION_OK, **override})
+
+
+def test_the_test_suites_own_variables_are_not_settings() -> None:
+    assert from_env({"MESSAGING_TEST_MOTO_ENDPOINT": "http://127.0.0.1:1"}).port == 8000

@@ -30,6 +30,12 @@ class Unauthenticated(MessagingError):
     code = "unauthenticated"
 
 
+class DeviceMismatch(Unauthenticated):
+    """A valid token presented for another device than the one it was issued to."""
+
+    code = "device_mismatch"
+
+
 class Forbidden(MessagingError):
     code = "forbidden"
 
