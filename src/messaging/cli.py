@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -60,15 +61,31 @@ def _serve(settings: Settings) -> int:
 
     from messaging.bootstrap import create_app
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM: stop accepting, close our sockets with 1001, then uvicorn's shutdown
+        (wait for requests, then the lifespan, which stops loops and clients in order)."""
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            for server in self.servers:
+                server.close()
+            await app.state.drain()
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         ws="websockets-sansio",
+        ws_max_size=1 << 20,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_idle_timeout_seconds,
         log_level="info",
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
+    DrainingServer(config).run()
     return 0
 
 

@@ -192,7 +192,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ws_max_frame_bytes": _parse_int(256, 1 << 20),
     "ws_ping_interval_seconds": _parse_float(0.1, 3600.0),
     "ws_idle_timeout_seconds": _parse_float(0.5, 7200.0),
-    "sync_page_size": _parse_int(1, 1000),
+    "sync_page_size": _parse_int(1, 1000),  # durability.config.SYNC_MAX_LIMIT
     "outbox_repair_after_seconds": _parse_float(0.1, 60.0),
     "outbox_sweep_interval_seconds": _parse_float(0.05, 60.0),
     "routing_ttl_seconds": _parse_int(2, 3600),

@@ -295,6 +295,17 @@ async def test_user_directory_concurrent_first_logins_get_one_user(directory: An
     assert await users.find(p) == winners[0]
 
 
+async def test_user_directory_names_the_missing_users(directory: Any) -> None:
+    users: UserDirectory = directory
+    registered = [uuid.uuid4().hex for _ in range(3)]
+    for user_id in registered:
+        await users.create(phone(), user_id, 1.0)
+    strangers = {uuid.uuid4().hex for _ in range(2)}
+    assert await users.missing([*registered, *strangers]) == strangers
+    assert await users.missing(registered) == set()
+    assert await users.missing([]) == set()
+
+
 # ------------------------------------------------------------------------------ DeviceSessions
 
 

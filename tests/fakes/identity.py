@@ -8,6 +8,7 @@ consumed by compare-and-delete, and concurrent first logins of a phone get one u
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import attrs
 
@@ -103,6 +104,9 @@ class InMemoryUserDirectory:
 
     async def create(self, phone: str, user_id: str, created_at: float) -> str:
         return self.by_phone.setdefault(phone, user_id)
+
+    async def missing(self, user_ids: Sequence[str]) -> set[str]:
+        return set(user_ids) - set(self.by_phone.values())
 
 
 class InMemoryDeviceSessions:

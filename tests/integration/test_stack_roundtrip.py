@@ -64,4 +64,5 @@ def test_app_processes_are_alive_and_ready(apps: list[AppProcess]) -> None:
             "kafka": {"ok": True},
             "dynamodb": {"ok": True},
             "redis": {"ok": True},
+            "background": {"ok": True},
         }

@@ -93,3 +93,12 @@ class ChatSummary:
     def unread(self) -> int:
         floor = max(self.last_acked_sequence, self.membership.joined_seq)
         return max(0, self.visible_head - floor)
+
+
+@attrs.frozen(kw_only=True)
+class HistoryPage:
+    chat_id: str
+    messages: list[Message]
+    visible_head: int
+    """The highest sequence this member may see (the chat head, or the removal point)."""
+    has_more: bool

@@ -11,21 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import attrs
-
 from messaging.domain.errors import Forbidden, InvalidInput, NotAMember, NotFound
 from messaging.domain.ids import check_chat_id, check_user_id, direct_chat_id, new_group_id
-from messaging.domain.model import Chat, ChatKind, ChatSummary, Membership, Message
-from messaging.durability.config import HISTORY_MAX_LIMIT, TITLE_MAX_CHARS, DurabilityConfig
+from messaging.domain.model import Chat, ChatKind, ChatSummary, HistoryPage, Membership
+from messaging.durability.config import (
+    HISTORY_MAX_LIMIT,
+    SYNC_MAX_LIMIT,
+    TITLE_MAX_CHARS,
+    DurabilityConfig,
+)
 from messaging.durability.ports import MessageStore, RemoveOutcome, UserDirectory
-
-
-@attrs.frozen(kw_only=True)
-class HistoryPage:
-    chat_id: str
-    messages: list[Message]
-    visible_head: int
-    has_more: bool
 
 
 class ChatService:
@@ -59,6 +54,10 @@ class ChatService:
 
     async def active_members(self, chat_id: str) -> list[str]:
         return [m.user_id for m in await self._store.list_members(chat_id)]
+
+    async def active_memberships(self, chat_id: str) -> list[Membership]:
+        """For fanout: who is in the chat now, and from which sequence on."""
+        return await self._store.list_members(chat_id)
 
     # ------------------------------------------------------------------ creating chats
 
@@ -166,6 +165,20 @@ class ChatService:
         one (the previous page going back; the newest page when neither is given)."""
         if not 1 <= limit <= HISTORY_MAX_LIMIT:
             raise InvalidInput(f"limit must be from 1 to {HISTORY_MAX_LIMIT}")
+        return await self._page(user_id, chat_id, after=after, before=before, limit=limit)
+
+    async def messages_after(
+        self, user_id: str, chat_id: str, after: int, limit: int
+    ) -> HistoryPage:
+        """The catch-up read: messages with sequence > ``after`` the member may see (pages of
+        up to ``SYNC_MAX_LIMIT``)."""
+        if not 1 <= limit <= SYNC_MAX_LIMIT:
+            raise InvalidInput(f"limit must be from 1 to {SYNC_MAX_LIMIT}")
+        return await self._page(user_id, chat_id, after=after, before=None, limit=limit)
+
+    async def _page(
+        self, user_id: str, chat_id: str, *, after: int | None, before: int | None, limit: int
+    ) -> HistoryPage:
         chat, membership = await self.member_view(user_id, chat_id, allow_removed=True)
         visible_low = membership.joined_seq + 1
         visible_head = membership.visible_until(chat.head)
@@ -187,12 +200,6 @@ class ChatService:
         return HistoryPage(
             chat_id=chat_id, messages=messages, visible_head=visible_head, has_more=has_more
         )
-
-    async def messages_after(
-        self, user_id: str, chat_id: str, after: int, limit: int
-    ) -> HistoryPage:
-        """The catch-up read: messages with sequence > ``after`` the member may see."""
-        return await self.history(user_id, chat_id, after=after, limit=limit)
 
     # ------------------------------------------------------------------ delivery state
 

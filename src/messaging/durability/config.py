@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 HISTORY_MAX_LIMIT = 100
+SYNC_MAX_LIMIT = 1000
 TITLE_MAX_CHARS = 100
 
 

@@ -66,12 +66,20 @@ class OutboxRelay:
             group.create_task(self._publish_loop(), name="outbox-publish")
             group.create_task(self._sweep_loop(), name="outbox-sweep")
 
+    async def flush(self) -> None:
+        """Graceful shutdown: return once everything submitted so far has been handled."""
+        await self._queue.join()
+
     async def _publish_loop(self) -> None:
         while True:
             batch = [await self._queue.get()]
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._publish(batch, path="direct")
+            try:
+                await self._publish(batch, path="direct")
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
     async def _sweep_loop(self) -> None:
         while True:

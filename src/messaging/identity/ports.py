@@ -7,7 +7,7 @@ Every method raises only domain errors (``Unavailable`` when the backing store d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from messaging.identity.model import OtpChallenge, RateDecision
@@ -62,6 +62,10 @@ class UserDirectory(Protocol):
     async def create(self, phone: str, user_id: str, created_at: float) -> str:
         """Register ``phone`` as ``user_id`` unless it has a user already; returns the phone's
         user id either way (so concurrent first logins of one phone all get the same one)."""
+        ...
+
+    async def missing(self, user_ids: Sequence[str]) -> set[str]:
+        """Those of ``user_ids`` that are not registered users."""
         ...
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 import attrs
 
+from messaging.domain import ids
 from messaging.domain.errors import NotFound, RateLimited, Unauthenticated
 from messaging.domain.phone import mask_phone, normalize_phone
 from messaging.identity.errors import OtpAttemptsExceeded, OtpExpired, OtpInvalid, SessionRevoked
@@ -87,7 +87,7 @@ class IdentityService:
         devices: DeviceSessions,
         dev_inbox: DevOtpInbox | None = None,
         clock: Clock = time.time,
-        new_user_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_user_id: Callable[[], str] = ids.new_user_id,
     ) -> None:
         self._config = config
         self._codes = codes

@@ -14,7 +14,7 @@ DynamoDB error becomes a domain error here, never a botocore one.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
@@ -58,6 +58,30 @@ class DynamoUserDirectory:
         found = await _run(self._retrier, "reading a phone number", get)
         item = found.get("Item")
         return None if item is None else str(item["user_id"]["S"])
+
+    async def missing(self, user_ids: Sequence[str]) -> set[str]:
+        wanted = list(dict.fromkeys(user_ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), 100):
+            pending: dict[str, Any] = {
+                self._users: {
+                    "Keys": [{"user_id": {"S": u}} for u in wanted[start : start + 100]],
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "user_id",
+                }
+            }
+            while pending:
+                request = pending
+                answer = await _run(
+                    self._retrier,
+                    "reading users",
+                    lambda request=request: self._client.batch_get_item(RequestItems=request),  # type: ignore[misc]
+                )
+                found.update(
+                    i["user_id"]["S"] for i in answer.get("Responses", {}).get(self._users, [])
+                )
+                pending = dict(answer.get("UnprocessedKeys") or {})
+        return set(wanted) - found
 
     async def create(self, phone: str, user_id: str, created_at: float) -> str:
         for _ in range(MAX_CREATE_ROUNDS):

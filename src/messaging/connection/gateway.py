@@ -1,0 +1,348 @@
+"""The WebSocket gateway: protocol v1 (docs/protocol.md).
+
+Each connection runs five tasks owned by its handler, cancelled and awaited together when any
+of them ends: the reader (parses frames, answers pings, queues commands), the writer (drains the
+outbound queue to the socket), the command worker (sends and acks, in the order received), the
+sync worker (paced catch-up replay) and the idle watchdog. Whoever decides to close sets the
+close code on the connection; the handler then closes the socket with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from messaging.connection.config import GatewayConfig
+from messaging.connection.outbound import OutboundQueue
+from messaging.connection.registry import LocalConnections
+from messaging.connection.session import Connection, State
+from messaging.domain.errors import DeviceMismatch, MessagingError, Unauthenticated
+from messaging.metrics import Metrics
+from messaging.protocol import frames
+from messaging.protocol.chat import ConversationReader, MessageIngest
+from messaging.protocol.delivery import RouteRegistry
+from messaging.protocol.frames import CloseCode, ErrorCode, FrameError
+from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
+
+log = logging.getLogger(__name__)
+
+Command = frames.SendMessage | frames.Ack
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        tokens: TokenVerifier,
+        sessions: SessionChecker,
+        ingest: MessageIngest,
+        reader: ConversationReader,
+        routes: RouteRegistry,
+        local: LocalConnections,
+        config: GatewayConfig,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tokens = tokens
+        self._sessions = sessions
+        self._ingest = ingest
+        self._reader = reader
+        self._routes = routes
+        self._local = local
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._monotonic = monotonic
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Graceful shutdown: close every socket with 1001 (going away), wait for handlers."""
+        for connection in self._local.all():
+            connection.close(CloseCode.GOING_AWAY, "server shutting down")
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=timeout_seconds)
+
+    # ------------------------------------------------------------------ one connection
+
+    async def handle(self, websocket: WebSocket) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._handle(websocket)
+        finally:
+            self._handlers.discard(task)
+
+    async def _handle(self, websocket: WebSocket) -> None:
+        offered = websocket.scope.get("subprotocols") or []
+        await websocket.accept(
+            subprotocol=frames.SUBPROTOCOL if frames.SUBPROTOCOL in offered else None
+        )
+        principal = await self._authenticate(websocket)
+        if principal is None:
+            return
+        connection = Connection(
+            principal.user_id,
+            principal.device_id,
+            OutboundQueue(self._config.outbound_queue_messages, self._config.outbound_queue_bytes),
+            self._metrics,
+        )
+        self._local.add(connection)
+        await self._routes.announce(connection.user_id)
+        try:
+            connection.push_json(
+                frames.ready(
+                    user_id=principal.user_id,
+                    device_id=principal.device_id,
+                    connection_id=connection.connection_id,
+                    server_time_ms=int(self._clock() * 1000),
+                    limits={
+                        "max_frame_bytes": self._config.max_frame_bytes,
+                        "outbound_queue_messages": self._config.outbound_queue_messages,
+                        "outbound_queue_bytes": self._config.outbound_queue_bytes,
+                        "sync_page_size": self._config.sync_page_size,
+                        "idle_timeout_ms": int(self._config.idle_timeout_seconds * 1000),
+                    },
+                )
+            )
+            await self._serve(websocket, connection)
+        finally:
+            self._local.remove(connection)
+            await self._routes.withdraw(connection.user_id)
+        if connection.close_code is not None:
+            await self._close(websocket, connection.close_code, connection.close_reason)
+
+    async def _close(self, websocket: WebSocket, code: CloseCode, reason: str) -> None:
+        self._metrics.ws_closes.labels(str(int(code))).inc()
+        try:
+            async with asyncio.timeout(self._config.close_timeout_seconds):
+                await websocket.close(code=int(code), reason=reason)
+        except (TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
+            pass  # the peer is gone or not reading; the transport's keepalive ends it
+
+    async def _authenticate(self, websocket: WebSocket) -> Principal | None:
+        try:
+            async with asyncio.timeout(self._config.auth_timeout_seconds):
+                message = await websocket.receive()
+        except TimeoutError:
+            await self._close(websocket, CloseCode.AUTH_TIMEOUT, "no auth frame in time")
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        try:
+            frame = frames.parse_client_frame(orjson.loads(message.get("text") or b""))
+        except (orjson.JSONDecodeError, FrameError):
+            frame = None
+        if not isinstance(frame, frames.Auth):
+            await self._close(websocket, CloseCode.UNAUTHENTICATED, "the first frame must be auth")
+            return None
+        try:
+            principal = self._tokens.verify_for_device(frame.token, frame.device_id)
+            await self._sessions.check_session(principal)
+        except DeviceMismatch:
+            await self._close(websocket, CloseCode.DEVICE_MISMATCH, "token is for another device")
+            return None
+        except Unauthenticated as exc:
+            await self._close(websocket, CloseCode.UNAUTHENTICATED, exc.message[:120])
+            return None
+        except MessagingError:
+            log.warning("session check failed", exc_info=True)
+            await self._close(websocket, CloseCode.INTERNAL_ERROR, "try again")
+            return None
+        return principal
+
+    async def _serve(self, websocket: WebSocket, connection: Connection) -> None:
+        commands: asyncio.Queue[Command] = asyncio.Queue(self._config.pending_commands)
+        syncs: asyncio.Queue[frames.SyncRequest] = asyncio.Queue(8)
+        last_seen = [self._monotonic()]
+        tasks = {
+            asyncio.create_task(self._read(websocket, connection, commands, syncs, last_seen)),
+            asyncio.create_task(self._write(websocket, connection)),
+            asyncio.create_task(self._work(connection, commands)),
+            asyncio.create_task(self._sync(connection, syncs)),
+            asyncio.create_task(self._watch_idle(connection, last_seen)),
+            asyncio.create_task(connection.closing.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(
+                result, WebSocketDisconnect | OSError
+            ):
+                log.error("connection task failed", exc_info=result)
+                connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        del done
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _read(
+        self,
+        websocket: WebSocket,
+        connection: Connection,
+        commands: asyncio.Queue[Command],
+        syncs: asyncio.Queue[frames.SyncRequest],
+        last_seen: list[float],
+    ) -> None:
+        bad: deque[float] = deque()
+
+        def reject(code: str, text: str) -> None:
+            connection.push_json(frames.error(code, text))
+            now = self._monotonic()
+            bad.append(now)
+            while bad and bad[0] < now - self._config.bad_frames_window_seconds:
+                bad.popleft()
+            if len(bad) > self._config.bad_frames_allowed:
+                connection.close(CloseCode.PROTOCOL_ABUSE, "too many invalid frames")
+
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            last_seen[0] = self._monotonic()
+            text = message.get("text")
+            if text is None:
+                reject(ErrorCode.BINARY_NOT_SUPPORTED, "frames are JSON text frames")
+                continue
+            limit = self._config.max_frame_bytes
+            if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+                reject(ErrorCode.FRAME_TOO_LARGE, f"frames are at most {limit} bytes")
+                continue
+            try:
+                frame = frames.parse_client_frame(orjson.loads(text))
+            except orjson.JSONDecodeError:
+                reject(ErrorCode.INVALID_FRAME, "a frame is one JSON object")
+                continue
+            except FrameError as exc:
+                reject(exc.code, exc.message)
+                continue
+            kind = type(frame).__name__
+            self._metrics.frames_in.labels(kind).inc()
+            if isinstance(frame, frames.Ping):
+                connection.push_json(frames.pong(frame.id, int(self._clock() * 1000)))
+            elif isinstance(frame, frames.Auth):
+                reject(ErrorCode.INVALID_FRAME, "already authenticated")
+            elif isinstance(frame, frames.SyncRequest):
+                try:
+                    syncs.put_nowait(frame)
+                except asyncio.QueueFull:
+                    connection.push_json(
+                        frames.error("rate_limited", "too many sync requests", retriable=True)
+                    )
+            else:
+                try:
+                    commands.put_nowait(frame)
+                except asyncio.QueueFull:
+                    connection.push_json(
+                        frames.error(
+                            "rate_limited",
+                            "too many frames in flight; wait for answers",
+                            retriable=True,
+                            ref=_ref(frame),
+                        )
+                    )
+
+    async def _write(self, websocket: WebSocket, connection: Connection) -> None:
+        while True:
+            frame = await connection.queue.get()
+            await websocket.send_text(frame.decode())
+
+    async def _work(self, connection: Connection, commands: asyncio.Queue[Command]) -> None:
+        while True:
+            command = await commands.get()
+            try:
+                if isinstance(command, frames.SendMessage):
+                    await self._send(connection, command)
+                else:
+                    stored = await self._reader.ack(
+                        connection.user_id, command.chat_id, command.sequence
+                    )
+                    connection.push_json(frames.acked(command.chat_id, stored))
+            except MessagingError as exc:
+                connection.push_json(
+                    frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_ref(command))
+                )
+
+    async def _send(self, connection: Connection, command: frames.SendMessage) -> None:
+        started = self._monotonic()
+        try:
+            result = await self._ingest.send(
+                sender_id=connection.user_id,
+                sender_device=connection.device_id,
+                chat_id=command.chat_id,
+                client_message_id=command.client_message_id,
+                text=command.text,
+            )
+        except MessagingError as exc:
+            self._metrics.sends.labels(exc.code).inc()
+            raise
+        self._metrics.send_latency.observe(self._monotonic() - started)
+        self._metrics.sends.labels("duplicate" if result.duplicate else "stored").inc()
+        connection.push_json(frames.send_ack(result.message, duplicate=result.duplicate))
+
+    async def _sync(self, connection: Connection, syncs: asyncio.Queue[frames.SyncRequest]) -> None:
+        page_size = self._config.sync_page_size
+        while True:
+            request = await syncs.get()
+            self._metrics.sync_requests.inc()
+            try:
+                if request.chats is None:
+                    summaries = await self._reader.list_chats(connection.user_id)
+                    positions = [(s.chat.chat_id, s.last_acked_sequence) for s in summaries]
+                else:
+                    positions = [(p.chat_id, p.last_acked_sequence) for p in request.chats]
+            except MessagingError as exc:
+                connection.push_json(frames.error(exc.code, exc.message, retriable=exc.retriable))
+                continue
+            for chat_id, after in positions:
+                try:
+                    while True:
+                        page = await self._reader.messages_after(
+                            connection.user_id, chat_id, after, page_size
+                        )
+                        for message in page.messages:
+                            await self._paced(connection, frames.message(message, replay=True))
+                        self._metrics.sync_replays.inc(len(page.messages))
+                        if page.messages:
+                            after = page.messages[-1].sequence
+                        if not page.has_more:
+                            break
+                    await self._paced(connection, frames.sync_complete(chat_id, page.visible_head))
+                except MessagingError as exc:
+                    connection.push_json(
+                        frames.error(
+                            exc.code, exc.message, retriable=exc.retriable, ref={"chat_id": chat_id}
+                        )
+                    )
+
+    async def _paced(self, connection: Connection, frame: dict[str, object]) -> None:
+        if connection.state is not State.LIVE:
+            await asyncio.Event().wait()  # closing: wait to be cancelled
+        await connection.queue.put_paced(orjson.dumps(frame))
+        self._metrics.frames_out.labels(str(frame["type"])).inc()
+
+    async def _watch_idle(self, connection: Connection, last_seen: list[float]) -> None:
+        idle = self._config.idle_timeout_seconds
+        while True:
+            await asyncio.sleep(min(idle / 4, 5.0))
+            if self._monotonic() - last_seen[0] > idle:
+                connection.close(CloseCode.IDLE_TIMEOUT, f"nothing received for {idle:g}s")
+                return
+
+
+def _ref(command: Command) -> dict[str, object]:
+    if isinstance(command, frames.SendMessage):
+        return {"chat_id": command.chat_id, "client_message_id": command.client_message_id}
+    return {"chat_id": command.chat_id}

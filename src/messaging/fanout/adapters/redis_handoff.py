@@ -1,0 +1,71 @@
+"""Hand-off between app processes over Redis pub/sub: one channel per process.
+
+Redis pub/sub is at-most-once: if the receiving process is down or briefly disconnected, the
+deliveries are lost for real time, and its clients catch up by sync (their gap detection, a
+``resync`` hint sent after the subscriber reconnects, or their reconnect). The Kafka offset is
+committed once ``PUBLISH`` returned: the hand-off is done, the durable copy is in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from messaging.protocol.delivery import Delivery, LocalDelivery
+from messaging.protocol.wire import message_from_json, message_json
+
+log = logging.getLogger(__name__)
+
+
+def channel(instance_id: str) -> str:
+    return f"deliver:{instance_id}"
+
+
+def encode(deliveries: Sequence[Delivery]) -> bytes:
+    return orjson.dumps(
+        [{"m": message_json(d.message), "r": list(d.recipients)} for d in deliveries]
+    )
+
+
+def decode(payload: bytes) -> list[Delivery]:
+    return [
+        Delivery(message_from_json(item["m"]), tuple(item["r"])) for item in orjson.loads(payload)
+    ]
+
+
+class RedisHandoff:
+    def __init__(self, redis: Redis, instance_id: str) -> None:
+        self._redis = redis
+        self._instance = instance_id
+
+    async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
+        await self._redis.publish(channel(instance_id), encode(deliveries))
+
+    async def run_subscriber(self, local: LocalDelivery) -> None:
+        """Deliver what other processes hand to this one, until cancelled. After a lost
+        subscription, local connections are told to resync (hand-offs may have been missed)."""
+        first = True
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel(self._instance))
+                if not first:
+                    local.suggest_resync("handoff_reconnected")
+                first = False
+                async for item in pubsub.listen():
+                    if item.get("type") != "message":
+                        continue
+                    try:
+                        local.deliver(decode(item["data"]))
+                    except (ValueError, KeyError, TypeError):
+                        log.error("dropping an undecodable hand-off payload")
+            except (RedisError, OSError):
+                log.warning("hand-off subscription lost; resubscribing")
+                await asyncio.sleep(0.5)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

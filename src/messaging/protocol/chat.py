@@ -1,0 +1,23 @@
+"""What the connection plane asks of the durability plane."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from messaging.domain.model import ChatSummary, HistoryPage, SendResult
+
+
+class MessageIngest(Protocol):
+    async def send(
+        self, *, sender_id: str, sender_device: str, chat_id: str, client_message_id: str, text: str
+    ) -> SendResult: ...
+
+
+class ConversationReader(Protocol):
+    async def messages_after(
+        self, user_id: str, chat_id: str, after: int, limit: int
+    ) -> HistoryPage: ...
+
+    async def ack(self, user_id: str, chat_id: str, sequence: int) -> int: ...
+
+    async def list_chats(self, user_id: str) -> list[ChatSummary]: ...
