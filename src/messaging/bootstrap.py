@@ -164,6 +164,7 @@ async def build_runtime(
                 (settings.kafka_messages_topic,),
                 group_id=settings.kafka_consumer_group,
                 client_id=settings.instance_id,
+                session_timeout_ms=settings.kafka_session_timeout_ms,
             )
         )
         retrier = Retrier(settings.dynamodb_deadline_seconds)
@@ -244,6 +245,7 @@ async def build_runtime(
                 outbound_queue_messages=settings.outbound_queue_messages,
                 outbound_queue_bytes=settings.outbound_queue_bytes,
                 max_frame_bytes=settings.ws_max_frame_bytes,
+                auth_timeout_seconds=settings.ws_auth_timeout_seconds,
                 idle_timeout_seconds=settings.ws_idle_timeout_seconds,
                 sync_page_size=settings.sync_page_size,
             ),

@@ -50,6 +50,9 @@ class Settings:
     kafka_messages_topic: str = "messages"
     kafka_messages_partitions: int = 8
     kafka_consumer_group: str = "messaging-fanout"
+    kafka_session_timeout_ms: int = 3000
+    """How soon a dead process's partitions move to the others (the broker's
+    group.min.session.timeout.ms must allow it; the local stack sets 1000)."""
 
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -73,6 +76,7 @@ class Settings:
     outbound_queue_messages: int = 1000
     outbound_queue_bytes: int = 1_048_576
     ws_max_frame_bytes: int = 16_384
+    ws_auth_timeout_seconds: float = 5.0
     ws_ping_interval_seconds: float = 20.0
     ws_idle_timeout_seconds: float = 60.0
     sync_page_size: int = 200
@@ -175,6 +179,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "kafka_messages_topic": _parse_nonempty,
     "kafka_messages_partitions": _parse_int(1, 1024),
     "kafka_consumer_group": _parse_nonempty,
+    "kafka_session_timeout_ms": _parse_int(1000, 300_000),
     "redis_url": _parse_nonempty,
     "jwt_secret": _parse_nonempty,
     "jwt_ttl_seconds": _parse_int(60, 30 * 24 * 3600),
@@ -190,6 +195,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "outbound_queue_messages": _parse_int(1, 1_000_000),
     "outbound_queue_bytes": _parse_int(1024, 1 << 30),
     "ws_max_frame_bytes": _parse_int(256, 1 << 20),
+    "ws_auth_timeout_seconds": _parse_float(0.1, 60.0),
     "ws_ping_interval_seconds": _parse_float(0.1, 3600.0),
     "ws_idle_timeout_seconds": _parse_float(0.5, 7200.0),
     "sync_page_size": _parse_int(1, 1000),  # durability.config.SYNC_MAX_LIMIT

@@ -15,6 +15,7 @@ from messaging.infra.dynamodb import DynamoDBClient, open_client
 from messaging.infra.schema import ensure_tables
 from messaging.settings import Settings, env_var
 from tests.harness import AppProcess
+from tests.integration.raw import OPEN
 
 
 def app_env(settings: Settings) -> dict[str, str]:
@@ -28,6 +29,9 @@ def app_env(settings: Settings) -> dict[str, str]:
         # Every test client logs in from 127.0.0.1: lift the per-address OTP limit for the
         # shared app processes (the rate-limit test starts its own app with low limits).
         env_var("otp_requests_per_address_per_window"): "100000",
+        env_var("ws_auth_timeout_seconds"): "1",
+        # Routing refreshes every second, so a Redis flush heals within about a second.
+        env_var("routing_ttl_seconds"): "3",
     }
 
 
@@ -53,6 +57,13 @@ async def stack(base_settings: Settings) -> Settings:
 async def dynamodb(stack: Settings) -> AsyncIterator[DynamoDBClient]:
     async with open_client(stack.dynamodb_endpoint, stack.aws_region) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+async def close_leftover_sockets() -> AsyncIterator[None]:
+    yield
+    for socket in list(OPEN):
+        await socket.close()
 
 
 @pytest.fixture(scope="session")

@@ -152,6 +152,9 @@ class Kafka:
                     "share.coordinator.state.topic.replication.factor=1",
                     "share.coordinator.state.topic.min.isr=1",
                     "group.initial.rebalance.delay.ms=0",
+                    # Lets consumers use short session timeouts, so a killed app process's
+                    # partitions move to the others within seconds (ADR 0006).
+                    "group.min.session.timeout.ms=1000",
                     "log.retention.hours=168",
                     "",
                 ]

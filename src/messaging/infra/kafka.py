@@ -38,6 +38,7 @@ async def open_consumer(
     group_id: str,
     client_id: str,
     auto_offset_reset: str = "earliest",
+    session_timeout_ms: int = 10_000,
 ) -> AsyncIterator[AIOKafkaConsumer]:
     """A group consumer with auto-commit off: the caller commits after it has handed off, so
     a crash re-delivers rather than drops (at-least-once)."""
@@ -50,8 +51,8 @@ async def open_consumer(
         auto_offset_reset=auto_offset_reset,
         isolation_level="read_committed",
         max_poll_records=500,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(100, session_timeout_ms // 4),
     )
     try:
         await consumer.start()
