@@ -237,6 +237,12 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
             values[name] = parse(raw)
         except ValueError as exc:
             raise SettingsError(f"{env_var(name)}: {exc}") from None
+    # The service endpoints follow the local stack's ports unless given explicitly.
+    values.setdefault("kafka_bootstrap", f"127.0.0.1:{values.get('stack_kafka_port', 9092)}")
+    values.setdefault(
+        "dynamodb_endpoint", f"http://127.0.0.1:{values.get('stack_dynamodb_port', 8001)}"
+    )
+    values.setdefault("redis_url", f"redis://127.0.0.1:{values.get('stack_redis_port', 6379)}/0")
     settings = Settings(**values)
     if not settings.instance_id:
         settings = attrs.evolve(

@@ -56,3 +56,20 @@ def test_production_refuses_unsafe_settings(override: dict[str, str], variable: 
 
 def test_the_test_suites_own_variables_are_not_settings() -> None:
     assert from_env({"MESSAGING_TEST_MOTO_ENDPOINT": "http://127.0.0.1:1"}).port == 8000
+
+
+def test_service_endpoints_follow_the_stack_ports_unless_given() -> None:
+    moved = from_env(
+        {
+            "MESSAGING_STACK_KAFKA_PORT": "19092",
+            "MESSAGING_STACK_DYNAMODB_PORT": "18001",
+            "MESSAGING_STACK_REDIS_PORT": "16379",
+        }
+    )
+    assert moved.kafka_bootstrap == "127.0.0.1:19092"
+    assert moved.dynamodb_endpoint == "http://127.0.0.1:18001"
+    assert moved.redis_url == "redis://127.0.0.1:16379/0"
+    explicit = from_env(
+        {"MESSAGING_STACK_REDIS_PORT": "16379", "MESSAGING_REDIS_URL": "redis://h:1/2"}
+    )
+    assert explicit.redis_url == "redis://h:1/2"
