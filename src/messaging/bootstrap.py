@@ -167,7 +167,14 @@ async def build_runtime(
                 session_timeout_ms=settings.kafka_session_timeout_ms,
             )
         )
-        retrier = Retrier(settings.dynamodb_deadline_seconds)
+
+        def observe(what: str, seconds: float, error: str | None) -> None:
+            operation = what.split(" ", 1)[0]
+            metrics.dynamodb_latency.labels(operation).observe(seconds)
+            if error is not None:
+                metrics.dynamodb_errors.labels(operation, error).inc()
+
+        retrier = Retrier(settings.dynamodb_deadline_seconds, observe=observe)
 
         # identity (Redis keys share the deployment's namespace, the table prefix)
         tokens = JwtTokens(settings.jwt_secret, settings.jwt_ttl_seconds)

@@ -162,7 +162,7 @@ class Gateway:
 
     async def _serve(self, websocket: WebSocket, connection: Connection) -> None:
         commands: asyncio.Queue[Command] = asyncio.Queue(self._config.pending_commands)
-        syncs: asyncio.Queue[frames.SyncRequest] = asyncio.Queue(8)
+        syncs: asyncio.Queue[frames.SyncRequest] = asyncio.Queue(32)
         last_seen = [self._monotonic()]
         tasks = {
             asyncio.create_task(self._read(websocket, connection, commands, syncs, last_seen)),

@@ -94,6 +94,14 @@ async def open_client(
         yield client
 
 
+Observer = Callable[[str, float, str | None], None]
+"""Called after every attempt: (what, seconds, error code or None)."""
+
+
+def _ignore(_what: str, _seconds: float, _error: str | None) -> None:
+    return None
+
+
 class Retrier:
     """Runs an operation with backoff and full jitter until it succeeds or the deadline passes."""
 
@@ -101,6 +109,7 @@ class Retrier:
         self,
         deadline_seconds: float,
         *,
+        observe: Observer = _ignore,
         base_delay: float = 0.02,
         max_delay: float = 0.5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -113,14 +122,18 @@ class Retrier:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
+        self._observe = observe
 
     async def run(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         deadline = self._clock() + self.deadline_seconds
         attempt = 0
         while True:
+            started = time.perf_counter()
             try:
-                return await operation()
+                result = await operation()
             except Exception as exc:
+                code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+                self._observe(what, time.perf_counter() - started, code)
                 if not is_retriable(exc):
                     raise
                 attempt += 1
@@ -132,6 +145,9 @@ class Retrier:
                         "each write is all-or-nothing, so retry the same request later"
                     ) from exc
                 await self._sleep(delay)
+            else:
+                self._observe(what, time.perf_counter() - started, None)
+                return result
 
 
 class DynamoHealth:

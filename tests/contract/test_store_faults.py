@@ -1,0 +1,158 @@
+"""DynamoDB failures injected into the real client (dynoxide and moto): throttling and 5xx
+before a call, and timeouts *after* a call committed (the ambiguous case). Sends either succeed
+or fail with a retriable error; nothing is ever half-written; retrying a failed send stores it
+exactly once, with its original sequence if the failed attempt had in fact committed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
+
+from messaging.domain.errors import Unavailable
+from messaging.domain.ids import new_group_id, new_user_id
+from messaging.domain.model import Chat, ChatKind, Membership
+from messaging.durability.adapters.dynamodb_store import DynamoMessageStore, DynamoOutbox
+from messaging.durability.config import DurabilityConfig
+from messaging.durability.ingest import IngestService
+from messaging.infra.dynamodb import Retrier, open_client
+from messaging.infra.schema import ensure_tables
+from tests.contract.stores import endpoint_for
+
+FAULTY = {"transact_write_items", "get_item", "query"}
+
+
+class FlakyClient:
+    """Proxies an aiobotocore client; chosen operations fail at random, before or after."""
+
+    def __init__(self, client: Any, rng: random.Random, rate: float) -> None:
+        self._client = client
+        self._rng = rng
+        self.rate = rate
+        self.failures: dict[str, int] = {"before": 0, "after": 0}
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._client, name)
+        if name not in FAULTY:
+            return real
+
+        async def flaky(**kwargs: Any) -> Any:
+            roll = self._rng.random()
+            if roll < self.rate / 2:
+                self.failures["before"] += 1
+                code, status = self._rng.choice(
+                    [("ThrottlingException", 400), ("InternalServerError", 500)]
+                )
+                raise ClientError(
+                    {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                    name,
+                )
+            result = await real(**kwargs)
+            if roll < self.rate:
+                self.failures["after"] += 1
+                raise ReadTimeoutError(endpoint_url="injected")
+            return result
+
+        return flaky
+
+
+async def new_chat(store: DynamoMessageStore, *members: str) -> str:
+    chat = Chat(
+        chat_id=new_group_id(),
+        kind=ChatKind.GROUP,
+        title="t",
+        created_by=members[0],
+        created_at_ms=0,
+    )
+    await store.create_chat(
+        chat, [Membership(chat_id=chat.chat_id, user_id=m, joined_seq=0) for m in members]
+    )
+    return chat.chat_id
+
+
+@pytest.mark.parametrize("target", ["dynoxide", "moto"])
+async def test_injected_failures_never_half_write(target: str) -> None:
+    rng = random.Random(7)
+    prefix = f"f{uuid.uuid4().hex[:8]}-"
+    async with open_client(endpoint_for(target), "us-east-1") as client:
+        await ensure_tables(client, prefix)
+        clean = DynamoMessageStore(client, prefix, Retrier(10.0))
+        flaky_client = FlakyClient(client, rng, rate=0.4)
+        flaky = DynamoMessageStore(
+            flaky_client,  # type: ignore[arg-type]
+            prefix,
+            Retrier(0.15, base_delay=0.01, max_delay=0.05, rng=rng),
+        )
+        users = [new_user_id() for _ in range(3)]
+        chats = [await new_chat(clean, *users) for _ in range(2)]
+        config = DurabilityConfig(append_deadline_seconds=1.0)
+        faulty_ingest = IngestService(flaky, config)
+        clean_ingest = IngestService(clean, config)
+        outcomes: dict[tuple[str, str, str], int | None] = {}
+
+        async def one(sender: str, chat_id: str, cmid: str) -> None:
+            try:
+                result = await faulty_ingest.send(
+                    sender_id=sender,
+                    sender_device="d",
+                    chat_id=chat_id,
+                    client_message_id=cmid,
+                    text=cmid,
+                )
+                outcomes[(sender, chat_id, cmid)] = result.message.sequence
+            except Unavailable as exc:
+                outcomes[(sender, chat_id, cmid)] = None if exc.retriable else -1
+
+        await asyncio.gather(*(one(users[i % 3], chats[i % 2], f"k{i}") for i in range(40)))
+        assert flaky_client.failures["before"] > 0
+        assert flaky_client.failures["after"] > 0
+        assert -1 not in outcomes.values(), "every failure is retriable"
+        failed = [key for key, seq in outcomes.items() if seq is None]
+        assert failed, "the injected failures should fail some sends"
+
+        # Retry every failed send on a healthy path: each resolves exactly once.
+        for sender, chat_id, cmid in failed:
+            result = await clean_ingest.send(
+                sender_id=sender,
+                sender_device="d",
+                chat_id=chat_id,
+                client_message_id=cmid,
+                text=cmid,
+            )
+            outcomes[(sender, chat_id, cmid)] = result.message.sequence
+
+        outbox = DynamoOutbox(client, prefix, Retrier(10.0))
+        entries = await outbox.pending(2**42, 1000)
+        for chat_id in chats:
+            chat = await clean.get_chat(chat_id)
+            assert chat is not None
+            stored = await clean.read_messages(chat_id, 1, 1000, limit=1000)
+            assert [m.sequence for m in stored] == list(range(1, chat.head + 1))
+            expected = {cmid: seq for (_, c, cmid), seq in outcomes.items() if c == chat_id}
+            assert {m.client_message_id: m.sequence for m in stored} == expected
+            assert sorted(e.sequence for e in entries if e.chat_id == chat_id) == list(
+                range(1, chat.head + 1)
+            ), "every message has its outbox entry, and only messages have one"
+
+
+@pytest.mark.parametrize("target", ["dynoxide"])
+async def test_a_store_that_is_down_gives_a_clear_retriable_error(target: str) -> None:
+    prefix = f"f{uuid.uuid4().hex[:8]}-"
+    async with open_client(endpoint_for(target), "us-east-1") as client:
+        await ensure_tables(client, prefix)
+        clean = DynamoMessageStore(client, prefix, Retrier(10.0))
+        alice = new_user_id()
+        chat_id = await new_chat(clean, alice)
+        down = FlakyClient(client, random.Random(1), rate=2.0)  # every call fails before
+        store = DynamoMessageStore(down, prefix, Retrier(0.3, base_delay=0.01))  # type: ignore[arg-type]
+        with pytest.raises(Unavailable, match="retry") as info:
+            await IngestService(store, DurabilityConfig()).send(
+                sender_id=alice, sender_device="d", chat_id=chat_id, client_message_id="x", text="x"
+            )
+        assert info.value.retriable
+        assert info.value.code == "store_unavailable"
+        assert await clean.read_messages(chat_id, 1, 10, limit=10) == []
