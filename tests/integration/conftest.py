@@ -73,3 +73,12 @@ def apps(stack: Settings) -> Iterator[list[AppProcess]]:
     yield processes
     for process in processes:
         process.terminate()
+
+
+@pytest.fixture
+def extra_app(stack: Settings, request: pytest.FixtureRequest) -> Iterator[AppProcess]:
+    """A third app process in the same consumer group, with its own settings."""
+    overrides: dict[str, str] = getattr(request, "param", {})
+    app = AppProcess(f"extra-{request.node.name[:20]}", {**app_env(stack), **overrides}).start()
+    yield app
+    app.kill()

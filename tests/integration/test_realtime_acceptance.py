@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import socket as sockets
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ from redis.asyncio import Redis
 
 from messaging.settings import Settings, env_var
 from tests.harness import AppProcess
-from tests.integration.conftest import app_env
 from tests.integration.raw import Account, Socket, authed, group_chat, login, rest
 
 
@@ -115,15 +113,6 @@ async def test_history_pages_over_a_thousand_messages(apps: list[AppProcess]) ->
     assert back == list(range(1, 1001))
     for s in sockets_:
         await s.close()
-
-
-@pytest.fixture
-def extra_app(stack: Settings, request: pytest.FixtureRequest) -> Iterator[AppProcess]:
-    """A third app process in the same consumer group, with its own settings."""
-    overrides: dict[str, str] = getattr(request, "param", {})
-    app = AppProcess(f"extra-{request.node.name[:20]}", {**app_env(stack), **overrides}).start()
-    yield app
-    app.kill()
 
 
 async def test_a_crash_between_persist_and_publish_still_delivers(

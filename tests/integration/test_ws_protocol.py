@@ -305,3 +305,23 @@ async def test_ack_moves_forward_only_and_lists_unread(apps: list[AppProcess]) -
     assert (mine["head"], mine["last_acked_sequence"], mine["unread"]) == (3, 2, 1)
     for socket in (a, b):
         await socket.close()
+
+
+@pytest.mark.parametrize("extra_app", [{"MESSAGING_WS_IDLE_TIMEOUT_SECONDS": "1"}], indirect=True)
+async def test_a_silent_client_is_closed_4010_and_a_pinging_one_is_not(
+    extra_app: AppProcess,
+) -> None:
+    silent, pinging = await asyncio.gather(login(extra_app), login(extra_app))
+    quiet = await authed(extra_app, silent)
+    alive = await authed(extra_app, pinging)
+
+    async def keep_pinging() -> None:
+        for n in range(12):
+            await alive.send({"type": "ping", "id": str(n)})
+            await asyncio.sleep(0.25)
+
+    pings = asyncio.create_task(keep_pinging())
+    assert await quiet.closed_with(seconds=10) == 4010
+    await pings
+    await alive.send({"type": "ping", "id": "last"})
+    assert (await alive.recv_until("pong"))["id"] in {str(n) for n in range(12)} | {"last"}
