@@ -173,7 +173,7 @@ class Gateway:
             asyncio.create_task(connection.closing.wait()),
         }
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
@@ -184,7 +184,6 @@ class Gateway:
             ):
                 log.error("connection task failed", exc_info=result)
                 connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-        del done
 
     # ------------------------------------------------------------------ tasks
 
@@ -329,7 +328,7 @@ class Gateway:
 
     async def _paced(self, connection: Connection, frame: dict[str, object]) -> None:
         if connection.state is not State.LIVE:
-            await asyncio.Event().wait()  # closing: wait to be cancelled
+            return  # closing: the handler is about to cancel this task
         await connection.queue.put_paced(orjson.dumps(frame))
         self._metrics.frames_out.labels(str(frame["type"])).inc()
 
