@@ -161,3 +161,46 @@ class DynamoHealth:
 
     async def check(self) -> None:
         await asyncio.wait_for(self._client.list_tables(Limit=1), self._timeout)
+
+
+async def batch_get(
+    client: DynamoDBClient,
+    retrier: Retrier,
+    table: str,
+    keys: list[dict[str, Any]],
+    *,
+    projection: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every item found for ``keys`` (strongly consistent), in chunks of 100, following
+    ``UnprocessedKeys`` until done."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), 100):
+        request: dict[str, Any] = {"Keys": keys[start : start + 100], "ConsistentRead": True}
+        if projection:
+            request["ProjectionExpression"] = projection
+        pending: dict[str, Any] = {table: request}
+        while pending:
+            items = pending
+            answer = await retrier.run(
+                f"BatchGetItem {table}",
+                lambda items=items: client.batch_get_item(RequestItems=items),  # type: ignore[misc]
+            )
+            found.extend(answer.get("Responses", {}).get(table, []))
+            pending = dict(answer.get("UnprocessedKeys") or {})
+    return found
+
+
+async def batch_write(
+    client: DynamoDBClient, retrier: Retrier, table: str, requests: list[dict[str, Any]]
+) -> None:
+    """``PutRequest``/``DeleteRequest`` entries in chunks of 25, following ``UnprocessedItems``.
+    Each entry is idempotent, so a retried chunk is harmless."""
+    for start in range(0, len(requests), 25):
+        pending: dict[str, Any] = {table: requests[start : start + 25]}
+        while pending:
+            items = pending
+            answer = await retrier.run(
+                f"BatchWriteItem {table}",
+                lambda items=items: client.batch_write_item(RequestItems=items),  # type: ignore[misc]
+            )
+            pending = dict(answer.get("UnprocessedItems") or {})

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from messaging.domain.model import Chat, ChatKind, IdempotencyRecord, Membership, Message
 from messaging.durability.ports import AppendOutcome, OutboxEntry, RemoveOutcome
-from messaging.infra.dynamodb import DynamoDBClient, Retrier, error_code
+from messaging.infra.dynamodb import DynamoDBClient, Retrier, batch_get, batch_write, error_code
 from messaging.infra.schema import (
     CHAT_MEMBERSHIPS,
     CHATS,
@@ -129,16 +129,20 @@ class DynamoMessageStore:
         return chat_from_item(item) if item else None
 
     async def get_chats(self, chat_ids: Sequence[str]) -> dict[str, Chat]:
-        items = await self._batch_get(
-            self.chats, [{"chat_id": _s(c)} for c in dict.fromkeys(chat_ids)]
-        )
+        keys = [{"chat_id": _s(c)} for c in dict.fromkeys(chat_ids)]
+        items = await batch_get(self._client, self._retry, self.chats, keys)
         return {item["chat_id"]["S"]: chat_from_item(item) for item in items}
 
     async def create_chat(self, chat: Chat, members: Sequence[Membership]) -> tuple[Chat, bool]:
         # Members first, the chat item last and conditionally: a chat becomes visible only once
         # complete. A crash in between leaves memberships of a chat that does not exist, which
         # every read skips (and a retry of a 1:1 creation completes).
-        await self._batch_write(self.memberships, [self._membership_item(m) for m in members])
+        await batch_write(
+            self._client,
+            self._retry,
+            self.memberships,
+            [{"PutRequest": {"Item": self._membership_item(m)}} for m in members],
+        )
         item: Item = {
             "chat_id": _s(chat.chat_id),
             "kind": _s(chat.kind.value),
@@ -382,7 +386,7 @@ class DynamoMessageStore:
 
     async def get_last_acked(self, user_id: str, chat_ids: Sequence[str]) -> dict[str, int]:
         keys = [{"user_id": _s(user_id), "chat_id": _s(c)} for c in dict.fromkeys(chat_ids)]
-        items = await self._batch_get(self.delivery, keys)
+        items = await batch_get(self._client, self._retry, self.delivery, keys)
         return {item["chat_id"]["S"]: _int(item, "last_acked_sequence") for item in items}
 
     async def advance_last_acked(self, user_id: str, chat_id: str, sequence: int) -> int:
@@ -426,35 +430,6 @@ class DynamoMessageStore:
                 return items
             request["ExclusiveStartKey"] = last
 
-    async def _batch_get(self, table: str, keys: list[Item]) -> list[Item]:
-        found: list[Item] = []
-        for start in range(0, len(keys), 100):
-            pending: dict[str, Any] = {
-                table: {"Keys": keys[start : start + 100], "ConsistentRead": True}
-            }
-            while pending:
-                request = pending
-                answer = await self._retry.run(
-                    f"BatchGetItem {table}",
-                    lambda request=request: self._client.batch_get_item(RequestItems=request),  # type: ignore[misc]
-                )
-                found.extend(answer.get("Responses", {}).get(table, []))
-                pending = dict(answer.get("UnprocessedKeys") or {})
-        return found
-
-    async def _batch_write(self, table: str, items: list[Item]) -> None:
-        for start in range(0, len(items), 25):
-            pending: dict[str, Any] = {
-                table: [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
-            }
-            while pending:
-                request = pending
-                answer = await self._retry.run(
-                    f"BatchWriteItem {table}",
-                    lambda request=request: self._client.batch_write_item(RequestItems=request),  # type: ignore[misc]
-                )
-                pending = dict(answer.get("UnprocessedItems") or {})
-
 
 class DynamoOutbox:
     """The ``outbox`` table: entries written by ``try_append``, cleared after publishing."""
@@ -489,15 +464,9 @@ class DynamoOutbox:
         return found[:limit]
 
     async def clear(self, entries: Sequence[OutboxEntry]) -> None:
-        keys = [outbox_key(entry) for entry in entries]
-        for start in range(0, len(keys), 25):
-            pending: dict[str, Any] = {
-                self.table: [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
-            }
-            while pending:
-                request = pending
-                answer = await self._retry.run(
-                    "BatchWriteItem outbox",
-                    lambda request=request: self._client.batch_write_item(RequestItems=request),  # type: ignore[misc]
-                )
-                pending = dict(answer.get("UnprocessedItems") or {})
+        await batch_write(
+            self._client,
+            self._retry,
+            self.table,
+            [{"DeleteRequest": {"Key": outbox_key(entry)}} for entry in entries],
+        )

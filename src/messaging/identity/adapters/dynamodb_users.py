@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from botocore.exceptions import ClientError
 
 from messaging.domain.errors import MessagingError, StoreUnavailable
-from messaging.infra.dynamodb import DynamoDBClient, Retrier, error_code
+from messaging.infra.dynamodb import DynamoDBClient, Retrier, batch_get, error_code
 from messaging.infra.schema import DEVICES, PHONE_NUMBERS, USERS, table_name
 
 T = TypeVar("T")
@@ -61,27 +61,16 @@ class DynamoUserDirectory:
 
     async def missing(self, user_ids: Sequence[str]) -> set[str]:
         wanted = list(dict.fromkeys(user_ids))
-        found: set[str] = set()
-        for start in range(0, len(wanted), 100):
-            pending: dict[str, Any] = {
-                self._users: {
-                    "Keys": [{"user_id": {"S": u}} for u in wanted[start : start + 100]],
-                    "ConsistentRead": True,
-                    "ProjectionExpression": "user_id",
-                }
-            }
-            while pending:
-                request = pending
-                answer = await _run(
-                    self._retrier,
-                    "reading users",
-                    lambda request=request: self._client.batch_get_item(RequestItems=request),  # type: ignore[misc]
-                )
-                found.update(
-                    i["user_id"]["S"] for i in answer.get("Responses", {}).get(self._users, [])
-                )
-                pending = dict(answer.get("UnprocessedKeys") or {})
-        return set(wanted) - found
+        keys = [{"user_id": {"S": u}} for u in wanted]
+        try:
+            items = await batch_get(
+                self._client, self._retrier, self._users, keys, projection="user_id"
+            )
+        except ClientError as exc:
+            raise MessagingError(
+                f"the user store refused reading users: {error_code(exc)}"
+            ) from exc
+        return set(wanted) - {item["user_id"]["S"] for item in items}
 
     async def create(self, phone: str, user_id: str, created_at: float) -> str:
         for _ in range(MAX_CREATE_ROUNDS):
