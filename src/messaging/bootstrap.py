@@ -59,7 +59,7 @@ from messaging.protocol.health import HealthCheck
 from messaging.protocol.http import Operation
 from messaging.settings import Settings
 from messaging.web import faults as fault_routes
-from messaging.web import health, openapi
+from messaging.web import health, openapi, pages
 from messaging.web import metrics as metrics_routes
 from messaging.web.errors import HANDLERS
 from messaging.web.faults import ProcessFaults
@@ -314,6 +314,7 @@ def create_app(settings: Settings) -> Starlette:
         *durability_api.routes(lambda: late.get().chats, lambda: late.get().tokens),
         WebSocketRoute(WS_PATH, websocket),
         *openapi.routes(operations, version=__version__),
+        *pages.routes(),
     ]
     if process_faults is not None:
         routes.extend(fault_routes.routes(process_faults))
