@@ -19,7 +19,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from messaging.connection.config import GatewayConfig
-from messaging.connection.outbound import OutboundQueue
+from messaging.connection.outbound import OutboundQueue, encode_frame
 from messaging.connection.registry import LocalConnections
 from messaging.connection.session import Connection, State
 from messaging.domain.errors import DeviceMismatch, MessagingError, Unauthenticated
@@ -329,7 +329,7 @@ class Gateway:
     async def _paced(self, connection: Connection, frame: dict[str, object]) -> None:
         if connection.state is not State.LIVE:
             return  # closing: the handler is about to cancel this task
-        await connection.queue.put_paced(orjson.dumps(frame))
+        await connection.queue.put_paced(encode_frame(frame))
         self._metrics.frames_out.labels(str(frame["type"])).inc()
 
     async def _watch_idle(self, connection: Connection, last_seen: list[float]) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-import orjson
-
+from messaging.connection.outbound import encode_frame
 from messaging.connection.session import Connection
 from messaging.metrics import Metrics
 from messaging.protocol import frames
@@ -46,7 +45,7 @@ class LocalConnections:
         """Queue each message once on every local connection of each recipient."""
         queued = 0
         for delivery in deliveries:
-            frame = orjson.dumps(frames.message(delivery.message))
+            frame = encode_frame(frames.message(delivery.message))
             for user in delivery.recipients:
                 for connection in tuple(self._by_user.get(user, ())):
                     if connection.push(frame, "message"):

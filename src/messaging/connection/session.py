@@ -6,9 +6,7 @@ import asyncio
 import enum
 import uuid
 
-import orjson
-
-from messaging.connection.outbound import OutboundQueue
+from messaging.connection.outbound import OutboundQueue, encode_frame
 from messaging.metrics import Metrics
 from messaging.protocol.frames import CloseCode
 
@@ -45,7 +43,7 @@ class Connection:
         return True
 
     def push_json(self, frame: dict[str, object]) -> bool:
-        return self.push(orjson.dumps(frame), str(frame.get("type", "?")))
+        return self.push(encode_frame(frame), str(frame.get("type", "?")))
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Ask the connection's tasks to stop and close the socket with ``code`` (first wins)."""

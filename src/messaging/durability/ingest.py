@@ -90,15 +90,19 @@ class IngestService:
         if existing is not None and existing.expires_at > self._clock():
             return await self._replay(existing, chat_id, digest)
 
-        chat = await self._store.get_chat(chat_id)
-        if chat is None:
-            raise NotFound(f"chat {chat_id} does not exist")
-        membership = await self._store.get_membership(chat_id, sender_id)
-        if membership is None or not membership.active:
-            raise NotAMember(f"you are not a member of chat {chat_id}")
+        # Membership is decided by the append transaction itself (its ConditionCheck: a
+        # non-member gets NOT_A_MEMBER and nothing is written), and a chat whose head this
+        # process wrote exists (chats are never deleted; a stale head is HEAD_MOVED below), so
+        # the common send is two round trips: this idempotency read and the transaction.
+        known_head = self._heads.get(chat_id)
+        if known_head is None:
+            chat = await self._store.get_chat(chat_id)
+            if chat is None:
+                raise NotFound(f"chat {chat_id} does not exist")
+            known_head = chat.head
 
         async with self._locks.hold(chat_id):
-            head = max(chat.head, self._heads.get(chat_id, 0))
+            head = max(known_head, self._heads.get(chat_id, 0))
             deadline = self._monotonic() + self._config.append_deadline_seconds
             attempt = 0
             while True:

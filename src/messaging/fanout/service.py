@@ -9,6 +9,7 @@ is offline and will catch up by sync (decision 7: no pushes to dead sockets).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ from messaging.fanout.ports import Handoff
 from messaging.metrics import Metrics
 from messaging.protocol.delivery import Delivery, LocalDelivery, MembershipReader, RouteLookup
 from messaging.protocol.faults import FaultPoint, FaultPoints, NoFaults
+
+MEMBERSHIP_READS_IN_FLIGHT = 32
 
 
 class FanoutService:
@@ -46,14 +49,29 @@ class FanoutService:
         by_chat: dict[str, list[Message]] = defaultdict(list)
         for message in messages:
             by_chat[message.chat_id].append(message)
+        # The batch's chats are resolved concurrently (bounded) and all their members' routes
+        # in one lookup: one round trip per batch, not two per chat.
+        limit = asyncio.Semaphore(MEMBERSHIP_READS_IN_FLIGHT)
+
+        async def members_of(chat_id: str) -> dict[str, int]:
+            async with limit:
+                memberships = await self._members.active_memberships(chat_id)
+            return {m.user_id: m.joined_seq for m in memberships}
+
+        joined_by_chat = dict(
+            zip(by_chat, await asyncio.gather(*map(members_of, by_chat)), strict=True)
+        )
+        where = await self._routes.lookup(
+            {user for joined in joined_by_chat.values() for user in joined}
+        )
         plan: dict[str, list[Delivery]] = defaultdict(list)
         for chat_id, chat_messages in by_chat.items():
-            memberships = await self._members.active_memberships(chat_id)
-            joined = {m.user_id: m.joined_seq for m in memberships}
-            where = await self._routes.lookup(joined.keys())
+            joined = joined_by_chat[chat_id]
             for instance, users in where.items():
                 for message in chat_messages:
-                    recipients = tuple(sorted(u for u in users if message.sequence > joined[u]))
+                    recipients = tuple(
+                        sorted(u for u in users if u in joined and message.sequence > joined[u])
+                    )
                     if recipients:
                         plan[instance].append(Delivery(message, recipients))
         self._faults.hit(FaultPoint.BEFORE_HANDOFF)
