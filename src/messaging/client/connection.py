@@ -65,11 +65,13 @@ import asyncio
 import logging
 import random
 import re
+import socket
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import orjson
@@ -123,6 +125,9 @@ class ClientOptions:
     ping_interval: float | None = attrs.field(default=20.0, validator=_positive)
     ping_timeout: float | None = attrs.field(default=20.0, validator=_positive)
     ack_interval: float = attrs.field(default=0.1, validator=_positive)
+    keepalive_interval: float = attrs.field(default=20.0, validator=_positive)
+    """A ``ping`` frame at least this often: the server closes a connection that sent no frame
+    for its idle timeout (4010, 60 s by default; WebSocket-level pings are not frames)."""
     gap_delay: float = attrs.field(default=0.2, validator=_positive)
     sync_timeout: float = attrs.field(default=30.0, validator=_positive)
     """An explicit sync not completed after this long no longer holds back a gap sync."""
@@ -136,6 +141,10 @@ class ClientOptions:
     max_receive_bytes: int = attrs.field(default=2**20, validator=_positive)
     compression: bool = False
     offer_subprotocol: bool = True
+    receive_buffer_bytes: int | None = attrs.field(default=None, validator=_positive)
+    """``SO_RCVBUF`` of the TCP socket (None: the kernel's autotuned default). A small buffer
+    makes a client that stops reading (:meth:`ChatClient.pause_reading`) overflow the server's
+    outbound queue after little data (tests of the slow-consumer path)."""
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.backoff_jitter <= 1:
@@ -304,6 +313,7 @@ class ChatClient:
         self._wake = asyncio.Event()
         self._next_due = 0.0
         self._ack_due: float | None = None
+        self._last_keepalive = time.monotonic()
         self._ws: ClientConnection | None = None
         self._epoch = 0
         self._sync_all = False
@@ -581,10 +591,13 @@ class ChatClient:
     async def _open(self) -> tuple[ClientConnection, dict[str, Any]]:
         self.stats.connect_attempts += 1
         ws: ClientConnection | None = None
+        sock: socket.socket | None = None
         ready: dict[str, Any] | None = None
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 token = await self._token_value()
+                sock = await self._small_buffer_socket()
+                given: dict[str, Any] = {} if sock is None else {"sock": sock}
                 ws = await connect(
                     self.url,
                     subprotocols=[Subprotocol(SUBPROTOCOL)]
@@ -597,6 +610,7 @@ class ChatClient:
                     ping_timeout=self.options.ping_timeout,
                     close_timeout=self.options.close_timeout,
                     max_size=self.options.max_receive_bytes,
+                    **given,
                 )
                 await ws.send(_dumps({"type": "auth", "token": token, "device_id": self.device_id}))
                 raw = await ws.recv()
@@ -616,6 +630,29 @@ class ChatClient:
         finally:
             if ready is None and ws is not None:
                 ws.transport.abort()
+            elif ws is None and sock is not None:
+                sock.close()
+
+    async def _small_buffer_socket(self) -> socket.socket | None:
+        """A connected TCP socket with ``receive_buffer_bytes`` set before the connect (so the
+        window scaling honours it), or None to let websockets connect."""
+        size = self.options.receive_buffer_bytes
+        if size is None:
+            return None
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def _serve(self, ws: ClientConnection, ready: dict[str, Any]) -> None:
         """Run one ready connection until it ends; raises AuthRejected on 4001/4003."""
@@ -929,6 +966,15 @@ class ChatClient:
         if not await self._write_sends(now, epoch):
             return
         await self._flush_acks(now, epoch)
+        await self._keepalive(now, epoch)
+
+    async def _keepalive(self, now: float, epoch: int) -> None:
+        interval = self.options.keepalive_interval
+        if now - self._last_keepalive >= interval:
+            if not await self._write(epoch, {"type": "ping"}):
+                return
+            self._last_keepalive = now
+        self._schedule(self._last_keepalive + interval)
 
     def _expire_sends(self, now: float) -> None:
         max_age = self.options.send_max_age
