@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="the DynamoDB tables")
     db_cmds = db.add_subparsers(dest="db_command", required=True)
     db_cmds.add_parser("init", help="create missing tables (idempotent; same code as on AWS)")
+
+    from messaging.bench import command as bench
+
+    bench.configure(commands.add_parser("bench", help="load scenarios and baselines"))
     return parser
 
 
@@ -53,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stack(settings, args)
     if args.command == "db":
         return _db_init(settings)
+    if args.command == "bench":
+        from messaging.bench import command as bench
+
+        return bench.run(settings, args)
     raise AssertionError(args.command)
 
 
