@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,15 +35,18 @@ class AppProcess:
     def __init__(self, name: str, env: Mapping[str, str]) -> None:
         self.name = name
         self.port = free_port()
+        # Unique per process: routing and hand-off address processes by instance id, so two
+        # processes sharing one would take each other's deliveries.
+        self.instance_id = f"{name}-{uuid.uuid4().hex[:6]}"
         self.env = {
             **os.environ,
             **env,
             "MESSAGING_PORT": str(self.port),
-            "MESSAGING_INSTANCE_ID": name,
+            "MESSAGING_INSTANCE_ID": self.instance_id,
         }
         self.proc: subprocess.Popen[bytes] | None = None
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.log_path = ARTIFACTS / f"app-{name}.log"
+        self.log_path = ARTIFACTS / f"app-{self.instance_id}.log"
 
     @property
     def base_url(self) -> str:

@@ -271,6 +271,7 @@ async def build_runtime(
                 DynamoHealth(dynamodb),
                 RedisHealth(redis),
                 background,
+                routes,
             ),
             identity=identity,
             tokens=tokens,

@@ -65,4 +65,5 @@ def test_app_processes_are_alive_and_ready(apps: list[AppProcess]) -> None:
             "dynamodb": {"ok": True},
             "redis": {"ok": True},
             "background": {"ok": True},
+            "routing": {"ok": True},
         }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Collection
 
@@ -44,6 +45,10 @@ class RedisRoutes:
         self._clock = clock
         self._users: Counter[str] = Counter()
         self._marker = f"instance:{instance_id}"
+        self._token = uuid.uuid4().hex
+        self.duplicate_of: str | None = None
+        """Set when another process was seen using this instance id (a misconfiguration that
+        makes processes take each other's deliveries); readiness reports it."""
 
     def _expiry_ms(self) -> int:
         return int((self._clock() + self._ttl) * 1000)
@@ -87,15 +92,28 @@ class RedisRoutes:
     async def refresh_once(self) -> None:
         expiry = self._expiry_ms()
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._marker, "1", ex=self._ttl, get=True)
+            pipe.set(self._marker, self._token, ex=self._ttl, get=True)
             for user in self._users:
                 pipe.zadd(route_key(user), {self._instance: expiry})
                 pipe.expire(route_key(user), self._ttl * 2)
             answers = await pipe.execute()
         previous = answers[0]
+        if previous is not None and previous.decode() != self._token:
+            if self.duplicate_of is None:
+                log.error(
+                    "another process uses instance id %s: deliveries will be lost", self._instance
+                )
+            self.duplicate_of = previous.decode()
         if previous is None and self._users:
             log.warning("routing state was lost (Redis flushed or restarted); re-announced")
             self._on_lost("routing_lost")
+
+    name = "routing"
+
+    async def check(self) -> None:
+        """Readiness: not ready while another process uses this instance id."""
+        if self.duplicate_of is not None:
+            raise RuntimeError(f"instance id {self._instance} is used by another process too")
 
     async def run(self) -> None:
         """Refresh every ttl/3 until cancelled; Redis errors are logged and retried."""
