@@ -37,3 +37,9 @@ def test_readyz_names_a_stopped_dependency(
         while _ready(each).status_code != 200:
             assert time.monotonic() < deadline, _ready(each).text
             time.sleep(0.5)
+    # Pooled connections to the old server are stale: requests still succeed (the clients
+    # reconnect and retry) rather than answer 503.
+    for each in apps:
+        for n in range(5):
+            answer = httpx.post(each.base_url + "/v1/auth/otp", json={"phone": f"+1555000{n:04d}"})
+            assert answer.status_code in (202, 429), answer.text
