@@ -46,6 +46,7 @@ class RedisRoutes:
         self._users: Counter[str] = Counter()
         self._marker = f"instance:{instance_id}"
         self._token = uuid.uuid4().hex
+        self._written = False
         self.duplicate_of: str | None = None
         """Set when another process was seen using this instance id (a misconfiguration that
         makes processes take each other's deliveries); readiness reports it."""
@@ -98,12 +99,20 @@ class RedisRoutes:
                 pipe.expire(route_key(user), self._ttl * 2)
             answers = await pipe.execute()
         previous = answers[0]
+        first_write, self._written = not self._written, True
         if previous is not None and previous.decode() != self._token:
-            if self.duplicate_of is None:
-                log.error(
-                    "another process uses instance id %s: deliveries will be lost", self._instance
-                )
-            self.duplicate_of = previous.decode()
+            if first_write:
+                # A predecessor's key that outlived it (restarted after a crash, same instance
+                # id, within the ttl) or a live twin: a twin overwrites our token before our next
+                # refresh, a dead predecessor does not.
+                log.info("instance id %s was in use until recently", self._instance)
+            else:
+                if self.duplicate_of is None:
+                    log.error(
+                        "another process uses instance id %s: deliveries will be lost",
+                        self._instance,
+                    )
+                self.duplicate_of = previous.decode()
         if previous is None and self._users:
             log.warning("routing state was lost (Redis flushed or restarted); re-announced")
             self._on_lost("routing_lost")
