@@ -1,4 +1,5 @@
-"""Kafka clients: an idempotent producer and a readiness probe.
+"""Kafka clients: a producer (acks=all, not idempotent: see ADR 0006), a group consumer and a
+readiness probe.
 
 Explicit lifecycle in the manner of aiokafka itself: the context managers start the client and
 always stop it, also when start fails half way.
@@ -19,7 +20,11 @@ async def open_producer(bootstrap: str, *, client_id: str) -> AsyncIterator[AIOK
         bootstrap_servers=bootstrap,
         client_id=client_id,
         acks="all",
-        enable_idempotence=True,
+        # Not idempotent: aiokafka's idempotent producer keeps a sequence gap after a batch fails
+        # during a broker restart and then refuses every later batch for that partition
+        # (OutOfOrderSequenceNumber) for the producer's life. Duplicates are harmless here
+        # (ADR 0006: at-least-once, clients drop duplicates by sequence).
+        enable_idempotence=False,
         linger_ms=2,
         request_timeout_ms=10_000,
     )

@@ -1,6 +1,6 @@
 """``MessagePublisher`` on Kafka: one record per message, keyed by chat_id, so one partition
-carries a chat. The producer is idempotent with ``acks=all``; ``publish`` returns only when
-the broker has acknowledged every record of the batch."""
+carries a chat. The producer uses ``acks=all`` (not idempotent: ADR 0006); ``publish``
+returns only when the broker has acknowledged every record of the batch."""
 
 from __future__ import annotations
 
