@@ -35,22 +35,27 @@ def app_env(settings: Settings) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-async def stack(base_settings: Settings) -> Settings:
+async def prepare_stack(settings: Settings) -> Settings:
+    """Fail unless the stack answers; create the session's tables and topic."""
     problems = [
-        await kafka_probe(base_settings.kafka_bootstrap),
-        await dynamodb_probe(base_settings.dynamodb_endpoint, base_settings.aws_region),
+        await kafka_probe(settings.kafka_bootstrap),
+        await dynamodb_probe(settings.dynamodb_endpoint, settings.aws_region),
     ]
     problems = [p for p in problems if p]
     if problems:
         pytest.fail("the local stack is not up (run `messaging stack up`): " + "; ".join(problems))
-    async with open_client(base_settings.dynamodb_endpoint, base_settings.aws_region) as client:
-        await ensure_tables(client, base_settings.table_prefix)
+    async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
+        await ensure_tables(client, settings.table_prefix)
     await kafka_create_topics(
-        base_settings.kafka_bootstrap,
-        {base_settings.kafka_messages_topic: base_settings.kafka_messages_partitions},
+        settings.kafka_bootstrap,
+        {settings.kafka_messages_topic: settings.kafka_messages_partitions},
     )
-    return base_settings
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def stack(base_settings: Settings) -> Settings:
+    return await prepare_stack(base_settings)
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator
 import attrs
 import pytest
 
-from messaging.devstack.services import dynamodb_probe, kafka_create_topics, kafka_probe
+from messaging.devstack.services import kafka_create_topics
 from messaging.infra.dynamodb import open_client
 from messaging.infra.schema import ensure_tables
 from messaging.settings import Settings
 from tests.conftest import RUN_ID
-from tests.integration.conftest import app_env
+from tests.integration.conftest import app_env, prepare_stack
 from tests.scenarios.harness import App, Scenario
 
 
@@ -46,20 +46,7 @@ async def scenario_settings(base_settings: Settings) -> Settings:
         kafka_messages_topic=f"{base_settings.kafka_messages_topic}-scn",
         kafka_consumer_group=f"{base_settings.kafka_consumer_group}-scn",
     )
-    problems = [
-        await kafka_probe(settings.kafka_bootstrap),
-        await dynamodb_probe(settings.dynamodb_endpoint, settings.aws_region),
-    ]
-    problems = [p for p in problems if p]
-    if problems:
-        pytest.fail("the local stack is not up (run `messaging stack up`): " + "; ".join(problems))
-    async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
-        await ensure_tables(client, settings.table_prefix)
-    await kafka_create_topics(
-        settings.kafka_bootstrap,
-        {settings.kafka_messages_topic: settings.kafka_messages_partitions},
-    )
-    return settings
+    return await prepare_stack(settings)
 
 
 def scenario_env(settings: Settings, **overrides: str) -> dict[str, str]:
