@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import attrs
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -30,6 +33,7 @@ from messaging import __version__
 from messaging.connection.config import GatewayConfig
 from messaging.connection.gateway import Gateway
 from messaging.connection.registry import LocalConnections
+from messaging.domain.limits import KeyedBuckets, Rate
 from messaging.durability import api as durability_api
 from messaging.durability.adapters.dynamodb_store import DynamoMessageStore, DynamoOutbox
 from messaging.durability.adapters.kafka_publisher import KafkaMessagePublisher
@@ -61,8 +65,9 @@ from messaging.settings import Settings
 from messaging.web import faults as fault_routes
 from messaging.web import health, openapi, pages
 from messaging.web import metrics as metrics_routes
-from messaging.web.errors import HANDLERS
+from messaging.web.errors import handlers
 from messaging.web.faults import ProcessFaults
+from messaging.web.guards import AddressRateLimit, SecurityHeaders
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +218,7 @@ async def build_runtime(
         durability_config = DurabilityConfig(
             max_text_bytes=settings.max_text_bytes,
             max_group_members=settings.max_group_members,
+            max_chats_per_user=settings.limit_chats_per_user,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             append_deadline_seconds=settings.dynamodb_deadline_seconds,
         )
@@ -255,6 +261,11 @@ async def build_runtime(
                 auth_timeout_seconds=settings.ws_auth_timeout_seconds,
                 idle_timeout_seconds=settings.ws_idle_timeout_seconds,
                 sync_page_size=settings.sync_page_size,
+                sends=Rate(settings.limit_sends_per_second, settings.limit_sends_burst),
+                syncs=Rate(settings.limit_syncs_per_minute / 60, settings.limit_syncs_per_minute),
+                connections_per_user=settings.limit_connections_per_user,
+                connections_per_address=settings.limit_connections_per_address,
+                allowed_origins=frozenset(settings.allowed_origins),
             ),
             metrics=metrics,
         )
@@ -319,7 +330,33 @@ def create_app(settings: Settings) -> Starlette:
     ]
     if process_faults is not None:
         routes.extend(fault_routes.routes(process_faults))
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=dict(HANDLERS))
+    middleware = [Middleware(SecurityHeaders)]
+    if settings.allowed_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        )
+    rest_limit = Rate(
+        settings.limit_rest_per_second_per_address, settings.limit_rest_burst_per_address
+    )
+    middleware.append(
+        Middleware(
+            AddressRateLimit,
+            buckets=KeyedBuckets(rest_limit, time.monotonic),
+            on_reject=metrics.limit_rejections.labels("rest_per_address").inc,
+        )
+    )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers=handlers(lambda limit: metrics.limit_rejections.labels(limit).inc()),
+    )
 
     async def drain() -> None:
         try:

@@ -87,6 +87,8 @@ def _serve(settings: Settings) -> int:
         port=settings.port,
         ws="websockets-sansio",
         ws_max_size=1 << 20,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         ws_ping_interval=settings.ws_ping_interval_seconds,
         ws_ping_timeout=settings.ws_idle_timeout_seconds,
         log_level="info",

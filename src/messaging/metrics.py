@@ -23,6 +23,12 @@ class Metrics:
         self.ws_closes = Counter(
             "messaging_ws_closes_total", "Sockets closed by the server", ["code"], registry=r
         )
+        self.limit_rejections = Counter(
+            "messaging_limit_rejections_total",
+            "Requests, frames and connections refused by an abuse limit (ADR 0010)",
+            ["limit"],
+            registry=r,
+        )
         self.slow_consumer_disconnects = Counter(
             "messaging_ws_slow_consumer_disconnects_total",
             "Sockets closed because their outbound queue overflowed",

@@ -81,6 +81,20 @@ class Settings:
     ws_idle_timeout_seconds: float = 60.0
     sync_page_size: int = 200
 
+    # Abuse limits, per process (docs/adr/0010-abuse-limits-and-origin-checks.md)
+    limit_sends_per_second: float = 10.0
+    limit_sends_burst: int = 30
+    limit_syncs_per_minute: int = 30
+    limit_connections_per_user: int = 10
+    limit_connections_per_address: int = 200
+    limit_chats_per_user: int = 500
+    limit_rest_per_second_per_address: float = 50.0
+    limit_rest_burst_per_address: int = 200
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins allowed besides the server's own: WebSocket ``Origin`` and CORS."""
+    forwarded_allow_ips: str = "127.0.0.1"
+    """Proxies whose ``X-Forwarded-For`` names the client address (uvicorn's setting)."""
+
     # Fanout and publish repair
     outbox_repair_after_seconds: float = 2.0
     outbox_sweep_interval_seconds: float = 1.0
@@ -156,6 +170,21 @@ def _parse_nonempty(raw: str) -> str:
     return raw.strip()
 
 
+def _parse_origins(raw: str) -> tuple[str, ...]:
+    origins: list[str] = []
+    for item in raw.split(","):
+        origin = item.strip().rstrip("/")
+        if not origin:
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if origin == "*" or not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+            raise ValueError(
+                f"expected comma-separated origins like https://chat.example.com, got {item!r}"
+            )
+        origins.append(origin.lower())
+    return tuple(origins)
+
+
 def _parse_endpoint(raw: str) -> str:
     raw = raw.strip()
     if raw and not raw.startswith(("http://", "https://")):
@@ -199,6 +228,16 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ws_ping_interval_seconds": _parse_float(0.1, 3600.0),
     "ws_idle_timeout_seconds": _parse_float(0.5, 7200.0),
     "sync_page_size": _parse_int(1, 1000),  # durability.config.SYNC_MAX_LIMIT
+    "limit_sends_per_second": _parse_float(0.01, 1_000_000.0),
+    "limit_sends_burst": _POSITIVE,
+    "limit_syncs_per_minute": _POSITIVE,
+    "limit_connections_per_user": _POSITIVE,
+    "limit_connections_per_address": _POSITIVE,
+    "limit_chats_per_user": _POSITIVE,
+    "limit_rest_per_second_per_address": _parse_float(0.01, 1_000_000.0),
+    "limit_rest_burst_per_address": _POSITIVE,
+    "allowed_origins": _parse_origins,
+    "forwarded_allow_ips": _parse_str,
     "outbox_repair_after_seconds": _parse_float(0.1, 60.0),
     "outbox_sweep_interval_seconds": _parse_float(0.05, 60.0),
     "routing_ttl_seconds": _parse_int(2, 3600),
@@ -279,6 +318,23 @@ def validate(settings: Settings) -> None:
             f"{env_var('stack_kafka_controller_port')}: must differ from "
             f"{env_var('stack_kafka_port')}"
         )
+
+
+def lifted_limits_env() -> dict[str, str]:
+    """Abuse limits raised out of the way, for test and load runs whose many users all come
+    from 127.0.0.1 and send as fast as they can (the limits' own tests use low values)."""
+    high = "1000000"
+    return {
+        env_var("otp_requests_per_address_per_window"): high,
+        env_var("limit_sends_per_second"): high,
+        env_var("limit_sends_burst"): high,
+        env_var("limit_syncs_per_minute"): high,
+        env_var("limit_connections_per_user"): high,
+        env_var("limit_connections_per_address"): high,
+        env_var("limit_chats_per_user"): high,
+        env_var("limit_rest_per_second_per_address"): high,
+        env_var("limit_rest_burst_per_address"): high,
+    }
 
 
 def describe(settings: Settings) -> dict[str, str]:

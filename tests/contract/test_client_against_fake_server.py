@@ -172,6 +172,25 @@ async def test_retriable_errors_are_retried_and_others_rejected(server: FakeServ
         assert [r.outcome for r in alice.history.sends] == ["acked", "rejected", "rejected"]
 
 
+async def test_a_sync_refused_with_a_retriable_error_is_retried_and_pairs_stay_right(
+    server: FakeServer,
+) -> None:
+    """Failure-scenarios bug 2: an error answering a sync must not shift later answers."""
+    chat = server.create_chat([A, B])
+    async with client_for(server, A) as alice:
+        await alice.sync([chat])
+        await asyncio.sleep(0.3)  # the connect-time discovery's answers are all in
+        server.fail_syncs = ["store_unavailable", "rate_limited"]
+        first = asyncio.ensure_future(alice.sync([chat]))
+        head = await asyncio.wait_for(first, 5)  # retried twice, then answered
+        assert head == {chat: 0}
+        assert alice.history.errors == {"store_unavailable": 1, "rate_limited": 1}
+        # The next sync is answered by its own sync_complete, not left waiting.
+        assert await asyncio.wait_for(alice.sync([chat]), 5) == {chat: 0}
+        requests = [f for _, f in server.frames if f["type"] == "sync_request"]
+        assert len(requests) >= 5
+
+
 async def test_a_send_expires_after_its_max_age(server: FakeServer) -> None:
     chat = server.create_chat([A])
     server.ignore_sends = True

@@ -18,7 +18,9 @@ Fault knobs (attributes, set them between steps): ``drop_before_send_ack`` (the 
 stored and pushed, then the sender's connection is aborted before its ``send_ack``),
 ``hold_pushes`` + :meth:`FakeServer.release_held` (reorder and duplicate live pushes),
 ``skip_pushes`` (the next N live pushes go nowhere: a gap), ``fail_sends`` (answer the next
-sends with these error codes instead), ``ignore_sends`` (never answer a send),
+sends with these error codes instead), ``fail_syncs`` (answer the next sync requests with these
+error codes instead, ``ref.sync`` set as the real gateway does), ``ignore_sends`` (never
+answer a send),
 :meth:`FakeServer.close_connections` (close with a code), :meth:`FakeServer.send_resync`.
 """
 
@@ -166,6 +168,7 @@ class FakeServer:
         self.held: list[tuple[FakeConnection, dict[str, Any]]] = []
         self.skip_pushes = 0
         self.fail_sends: list[str] = []
+        self.fail_syncs: list[str] = []
         self.ignore_sends = False
 
     # ------------------------------------------------------------ lifecycle
@@ -410,6 +413,13 @@ class FakeServer:
         await conn.reply(f.acked(frame.chat_id, self.acks[key]))
 
     async def _on_sync(self, conn: FakeConnection, frame: f.SyncRequest) -> None:
+        if self.fail_syncs:
+            code = self.fail_syncs.pop(0)
+            ref: dict[str, object] = {"sync": True}
+            if frame.chats is not None:
+                ref["chat_ids"] = [p.chat_id for p in frame.chats]
+            await conn.reply(f.error(code, "injected", retriable=code in RETRIABLE, ref=ref))
+            return
         if frame.chats is None:
             positions = [
                 (chat.chat_id, self.acks.get((conn.user_id, chat.chat_id), 0))
@@ -422,7 +432,9 @@ class FakeServer:
             chat = self.chats.get(chat_id)
             visible = chat.visible_range(conn.user_id) if chat is not None else None
             if chat is None or visible is None:
-                await conn.reply(f.error("not_a_member", "not a member", ref={"chat_id": chat_id}))
+                await conn.reply(
+                    f.error("not_a_member", "not a member", ref={"sync": True, "chat_id": chat_id})
+                )
                 continue
             joined, _ = visible
             last = chat.removed.get(conn.user_id, chat.head)

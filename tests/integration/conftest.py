@@ -13,7 +13,7 @@ import pytest
 from messaging.devstack.services import dynamodb_probe, kafka_create_topics, kafka_probe
 from messaging.infra.dynamodb import DynamoDBClient, open_client
 from messaging.infra.schema import ensure_tables
-from messaging.settings import Settings, env_var
+from messaging.settings import Settings, env_var, lifted_limits_env
 from tests.harness import AppProcess
 from tests.integration.raw import OPEN
 
@@ -26,9 +26,9 @@ def app_env(settings: Settings) -> dict[str, str]:
         env_var("kafka_messages_topic"): settings.kafka_messages_topic,
         env_var("kafka_consumer_group"): settings.kafka_consumer_group,
         env_var("fault_hooks"): "true",
-        # Every test client logs in from 127.0.0.1: lift the per-address OTP limit for the
-        # shared app processes (the rate-limit test starts its own app with low limits).
-        env_var("otp_requests_per_address_per_window"): "100000",
+        # Every test client comes from 127.0.0.1 and tests send fast: lift the abuse limits
+        # for the shared app processes (the limits' own tests start apps with low limits).
+        **lifted_limits_env(),
         env_var("ws_auth_timeout_seconds"): "1",
         # Routing refreshes every second, so a Redis flush heals within about a second.
         env_var("routing_ttl_seconds"): "3",

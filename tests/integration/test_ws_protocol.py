@@ -141,7 +141,7 @@ async def test_frames_for_a_chat_you_are_not_in_are_refused(apps: list[AppProces
         {"type": "sync_request", "chats": [{"chat_id": chat_id, "last_acked_sequence": 0}]}
     )
     refused = await socket.recv()
-    assert (refused["code"], refused["ref"]) == ("not_a_member", {"chat_id": chat_id})
+    assert (refused["code"], refused["ref"]) == ("not_a_member", {"sync": True, "chat_id": chat_id})
     answer = await rest(apps[1], mallory, "GET", f"/v1/chats/{chat_id}/messages")
     assert answer.status_code == 403
     assert answer.json()["error"]["code"] == "not_a_member"
@@ -170,7 +170,7 @@ async def test_text_rules_over_the_socket(apps: list[AppProcess]) -> None:
     alice, bob = await asyncio.gather(login(apps[0]), login(apps[0]))
     chat_id = await direct_chat(apps[0], alice, bob)
     socket = await authed(apps[0], alice)
-    for text, expected in [("", "invalid_input"), ("x" * 4097, "invalid_input")]:
+    for text, expected in [("", "invalid_input"), ("x" * 4097, "limit_exceeded")]:
         await socket.send(
             {"type": "send_message", "chat_id": chat_id, "client_message_id": "t", "text": text}
         )

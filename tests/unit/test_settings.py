@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from messaging.settings import DEV_JWT_SECRET, SettingsError, from_env
+from messaging.settings import DEV_JWT_SECRET, SettingsError, from_env, lifted_limits_env
 
 
 def test_defaults_work_for_a_local_run() -> None:
@@ -22,6 +22,13 @@ def test_defaults_work_for_a_local_run() -> None:
         ("MESSAGING_FAULT_HOOKS", "maybe", "MESSAGING_FAULT_HOOKS: expected true or false"),
         ("MESSAGING_DYNAMODB_ENDPOINT", "localhost:8001", "MESSAGING_DYNAMODB_ENDPOINT:"),
         ("MESSAGING_NOPE", "1", "MESSAGING_NOPE: unknown setting"),
+        ("MESSAGING_ALLOWED_ORIGINS", "*", "MESSAGING_ALLOWED_ORIGINS: expected comma-separated"),
+        (
+            "MESSAGING_ALLOWED_ORIGINS",
+            "https://a.example/path",
+            "MESSAGING_ALLOWED_ORIGINS: expected comma-separated",
+        ),
+        ("MESSAGING_LIMIT_SENDS_BURST", "0", "MESSAGING_LIMIT_SENDS_BURST: expected an integer"),
     ],
 )
 def test_a_bad_value_names_the_variable(variable: str, value: str, expected: str) -> None:
@@ -73,3 +80,15 @@ def test_service_endpoints_follow_the_stack_ports_unless_given() -> None:
         {"MESSAGING_STACK_REDIS_PORT": "16379", "MESSAGING_REDIS_URL": "redis://h:1/2"}
     )
     assert explicit.redis_url == "redis://h:1/2"
+
+
+def test_allowed_origins_are_a_normalised_list() -> None:
+    settings = from_env({"MESSAGING_ALLOWED_ORIGINS": " https://Chat.example.com/, http://a:8080"})
+    assert settings.allowed_origins == ("https://chat.example.com", "http://a:8080")
+    assert from_env({}).allowed_origins == ()
+
+
+def test_lifted_limits_are_valid_settings() -> None:
+    settings = from_env(lifted_limits_env())
+    assert settings.limit_sends_burst == 1_000_000
+    assert settings.limit_rest_burst_per_address == 1_000_000

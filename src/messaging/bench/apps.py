@@ -21,7 +21,7 @@ from messaging.devstack import stack as devstack
 from messaging.devstack.services import dynamodb_probe, kafka_create_topics, kafka_probe
 from messaging.infra.dynamodb import open_client
 from messaging.infra.schema import ALL_TABLES, ensure_tables, table_name
-from messaging.settings import Settings, env_var
+from messaging.settings import Settings, env_var, lifted_limits_env
 
 
 def free_port() -> int:
@@ -60,16 +60,16 @@ class Namespace:
 
 
 def app_env(namespace: Namespace, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment overrides for a bench app process: the run's tables, topic and group, OTP
-    limits high enough for thousands of logins from 127.0.0.1, groups up to 10,000 members,
-    and an idle timeout longer than any run (the client library sends no ``ping`` frames)."""
+    """Environment overrides for a bench app process: the run's tables, topic and group, abuse
+    limits high enough for thousands of users on 127.0.0.1, groups up to 10,000 members, and an
+    idle timeout longer than any run (the client library sends no ``ping`` frames)."""
     env = {
+        **lifted_limits_env(),
         env_var("table_prefix"): namespace.table_prefix,
         env_var("kafka_messages_topic"): namespace.topic,
         env_var("kafka_messages_partitions"): str(namespace.partitions),
         env_var("kafka_consumer_group"): namespace.consumer_group,
         env_var("otp_sender"): "dev",
-        env_var("otp_requests_per_address_per_window"): "100000000",
         env_var("otp_requests_per_phone_per_window"): "1000",
         env_var("max_group_members"): "10000",
         env_var("ws_idle_timeout_seconds"): "3600",

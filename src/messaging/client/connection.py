@@ -320,6 +320,10 @@ class ChatClient:
         self._discovery_until: float | None = None
         self._discovery_waiters: list[asyncio.Future[None]] = []
         self._orphan_waiters: dict[str, list[asyncio.Future[int]]] = {}
+        self._sync_retries: dict[str, tuple[float, list[asyncio.Future[int]]]] = {}
+        """Chats whose sync the server answered with a retriable error: when to ask again."""
+        self._sync_all_due: float | None = None
+        self._sync_error_streak = 0
         self._ready_waiters: list[asyncio.Future[None]] = []
         self._supervisor: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -721,6 +725,10 @@ class ChatClient:
         self._epoch += 1
         self._discovery_until = None
         self._sync_all = False
+        self._sync_all_due = None
+        for chat_id, (_, waiters) in self._sync_retries.items():
+            self._orphan_waiters.setdefault(chat_id, []).extend(waiters)
+        self._sync_retries.clear()
         for chat in self._chats.values():
             for marker in chat.markers:
                 self._orphan_waiters.setdefault(chat.chat_id, []).extend(marker.waiters)
@@ -791,6 +799,7 @@ class ChatClient:
 
     async def _on_sync_complete(self, chat_id: str, head: int) -> None:
         self._touch_discovery()
+        self._sync_error_streak = 0
         chat = self._chat(chat_id)
         # Explicit syncs are always sent before a position-less one, and no explicit sync of a
         # chat is sent while a position-less one covers it: an unmatched answer is the latter.
@@ -843,10 +852,13 @@ class ChatClient:
         ref = ref if isinstance(ref, dict) else {}
         cmid = ref.get("client_message_id")
         pending = self._pending.get(cmid) if isinstance(cmid, str) else None
+        advised = frame.get("retry_after_ms")
+        advised_s = advised / 1000 if isinstance(advised, int) and 0 < advised <= 3_600_000 else 0
         if pending is not None:
             pending.record.errors.append(code)
             if retriable:
-                pending.due = time.monotonic() + self.options.backoff(pending.retries, self._rng)
+                delay = max(advised_s, self.options.backoff(pending.retries, self._rng))
+                pending.due = time.monotonic() + delay
                 pending.retries += 1
                 self._schedule(pending.due)
             else:
@@ -868,7 +880,39 @@ class ChatClient:
                 if not waiter.done():
                     waiter.set_exception(failure)
             return
+        if ref.get("sync") is True and retriable:
+            delay = max(advised_s, self.options.backoff(self._sync_error_streak, self._rng))
+            self._sync_error_streak += 1
+            self._retry_sync(ref, time.monotonic() + delay)
+            return
         logger.info("error frame from server: %s %s (ref %s)", code, text, ref)
+
+    def _retry_sync(self, ref: dict[str, Any], due: float) -> None:
+        """A sync answered with a retriable error (``ref.sync``) instead of ``sync_complete``:
+        its marker is released (answers come in request order, so it is the chat's oldest) and
+        the sync is asked again at ``due``, keeping its waiters."""
+        if "chat_id" in ref:
+            chat_ids = [ref["chat_id"]]
+        elif "chat_ids" in ref:
+            chat_ids = ref["chat_ids"] if isinstance(ref["chat_ids"], list) else []
+        else:  # a position-less sync failed before it named any chat
+            self._sync_all_due = due
+            self._schedule(due)
+            return
+        for chat_id in chat_ids:
+            chat = self._chats.get(chat_id) if isinstance(chat_id, str) else None
+            if chat is None:
+                continue
+            waiters: list[asyncio.Future[int]] = []
+            if chat.awaiting_discovery:  # the position-less sync failed on this chat
+                chat.awaiting_discovery = False
+            elif chat.markers:
+                waiters = chat.markers.popleft().waiters
+            else:
+                continue
+            _, earlier = self._sync_retries.get(chat.chat_id, (due, []))
+            self._sync_retries[chat.chat_id] = (due, [*earlier, *waiters])
+            self._schedule(due)
 
     # ------------------------------------------------------------ delivery
 
@@ -957,6 +1001,7 @@ class ChatClient:
                 self._end_discovery()
             else:
                 self._schedule(self._discovery_until)
+        self._due_sync_retries(now)
         if self._sync_all:
             self._sync_all = False
             if not await self._sync_everything(epoch):
@@ -967,6 +1012,21 @@ class ChatClient:
             return
         await self._flush_acks(now, epoch)
         await self._keepalive(now, epoch)
+
+    def _due_sync_retries(self, now: float) -> None:
+        """Syncs refused with a retriable error come back as requests once their delay ends."""
+        if self._sync_all_due is not None:
+            if now >= self._sync_all_due:
+                self._sync_all_due = None
+                self._sync_all = True
+            else:
+                self._schedule(self._sync_all_due)
+        for chat_id, (due, waiters) in list(self._sync_retries.items()):
+            if due <= now:
+                del self._sync_retries[chat_id]
+                self._orphan_waiters.setdefault(chat_id, []).extend(waiters)
+            else:
+                self._schedule(due)
 
     async def _keepalive(self, now: float, epoch: int) -> None:
         interval = self.options.keepalive_interval

@@ -5,6 +5,11 @@ of them ends: the reader (parses frames, answers pings, queues commands), the wr
 outbound queue to the socket), the command worker (sends and acks, in the order received), the
 sync worker (paced catch-up replay) and the idle watchdog. Whoever decides to close sets the
 close code on the connection; the handler then closes the socket with it.
+
+Abuse limits (docs/adr/0010-abuse-limits-and-origin-checks.md), all per process: a browser
+``Origin`` other than this host or an allowed origin is refused before the handshake (HTTP 403);
+open sockets per client address and per user are bounded (close 4029); sends and sync requests
+per user are token buckets (error ``rate_limited`` with ``retry_after_ms``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -22,7 +28,8 @@ from messaging.connection.config import GatewayConfig
 from messaging.connection.outbound import OutboundQueue, encode_frame
 from messaging.connection.registry import LocalConnections
 from messaging.connection.session import Connection, State
-from messaging.domain.errors import DeviceMismatch, MessagingError, Unauthenticated
+from messaging.domain.errors import DeviceMismatch, LimitExceeded, MessagingError, Unauthenticated
+from messaging.domain.limits import Counter, KeyedBuckets
 from messaging.metrics import Metrics
 from messaging.protocol import frames
 from messaging.protocol.chat import ConversationReader, MessageIngest
@@ -61,6 +68,10 @@ class Gateway:
         self._clock = clock
         self._monotonic = monotonic
         self._handlers: set[asyncio.Task[None]] = set()
+        self._send_buckets = KeyedBuckets(config.sends, monotonic)
+        self._sync_buckets = KeyedBuckets(config.syncs, monotonic)
+        self._per_user = Counter(config.connections_per_user)
+        self._per_address = Counter(config.connections_per_address)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -83,13 +94,58 @@ class Gateway:
             self._handlers.discard(task)
 
     async def _handle(self, websocket: WebSocket) -> None:
+        if not self._origin_allowed(websocket):
+            self._metrics.limit_rejections.labels("origin").inc()
+            # Before the handshake: the server answers HTTP 403 and no socket opens.
+            await websocket.close(code=int(CloseCode.POLICY_VIOLATION))
+            return
+        address = websocket.client.host if websocket.client else "unknown"
         offered = websocket.scope.get("subprotocols") or []
         await websocket.accept(
             subprotocol=frames.SUBPROTOCOL if frames.SUBPROTOCOL in offered else None
         )
-        principal = await self._authenticate(websocket)
-        if principal is None:
+        if not self._per_address.acquire(address):
+            self._metrics.limit_rejections.labels("connections_per_address").inc()
+            limit = self._per_address.limit
+            await self._close(
+                websocket,
+                CloseCode.TOO_MANY_CONNECTIONS,
+                f"at most {limit} open connections per client address",
+            )
             return
+        try:
+            principal = await self._authenticate(websocket)
+            if principal is None:
+                return
+            if not self._per_user.acquire(principal.user_id):
+                self._metrics.limit_rejections.labels("connections_per_user").inc()
+                limit = self._per_user.limit
+                await self._close(
+                    websocket,
+                    CloseCode.TOO_MANY_CONNECTIONS,
+                    f"at most {limit} open connections per user",
+                )
+                return
+            try:
+                await self._run(websocket, principal)
+            finally:
+                self._per_user.release(principal.user_id)
+        finally:
+            self._per_address.release(address)
+
+    def _origin_allowed(self, websocket: WebSocket) -> bool:
+        """Cross-site WebSocket hijacking guard: a browser always sends ``Origin``; it must be
+        this server's own host or an allowed origin. Clients that are not browsers send none."""
+        origin = websocket.headers.get("origin")
+        if origin is None:
+            return True
+        origin = origin.strip().lower().rstrip("/")
+        if origin in self._config.allowed_origins:
+            return True
+        host = websocket.headers.get("host", "").strip().lower()
+        return bool(host) and urlsplit(origin).netloc == host
+
+    async def _run(self, websocket: WebSocket, principal: Principal) -> None:
         connection = Connection(
             principal.user_id,
             principal.device_id,
@@ -162,7 +218,9 @@ class Gateway:
 
     async def _serve(self, websocket: WebSocket, connection: Connection) -> None:
         commands: asyncio.Queue[Command] = asyncio.Queue(self._config.pending_commands)
-        syncs: asyncio.Queue[frames.SyncRequest] = asyncio.Queue(32)
+        syncs: asyncio.Queue[tuple[frames.SyncRequest, float]] = asyncio.Queue(
+            self._config.pending_syncs
+        )
         last_seen = [self._monotonic()]
         tasks = {
             asyncio.create_task(self._read(websocket, connection, commands, syncs, last_seen)),
@@ -192,7 +250,7 @@ class Gateway:
         websocket: WebSocket,
         connection: Connection,
         commands: asyncio.Queue[Command],
-        syncs: asyncio.Queue[frames.SyncRequest],
+        syncs: asyncio.Queue[tuple[frames.SyncRequest, float]],
         last_seen: list[float],
     ) -> None:
         bad: deque[float] = deque()
@@ -217,6 +275,7 @@ class Gateway:
                 continue
             limit = self._config.max_frame_bytes
             if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+                self._metrics.limit_rejections.labels("frame_bytes").inc()
                 reject(ErrorCode.FRAME_TOO_LARGE, f"frames are at most {limit} bytes")
                 continue
             try:
@@ -234,13 +293,28 @@ class Gateway:
             elif isinstance(frame, frames.Auth):
                 reject(ErrorCode.INVALID_FRAME, "already authenticated")
             elif isinstance(frame, frames.SyncRequest):
+                # Over the limit, the sync worker answers it with an error in its turn: sync
+                # answers stay in request order, which is how clients pair them.
+                wait = self._sync_buckets.take(connection.user_id)
                 try:
-                    syncs.put_nowait(frame)
+                    syncs.put_nowait((frame, wait))
                 except asyncio.QueueFull:
-                    connection.push_json(
-                        frames.error("rate_limited", "too many sync requests", retriable=True)
-                    )
+                    connection.close(CloseCode.PROTOCOL_ABUSE, "too many sync requests in flight")
             else:
+                if isinstance(frame, frames.SendMessage):
+                    wait = self._send_buckets.take(connection.user_id)
+                    if wait > 0:
+                        self._metrics.limit_rejections.labels("sends").inc()
+                        connection.push_json(
+                            frames.error(
+                                ErrorCode.RATE_LIMITED,
+                                "too many messages; retry later",
+                                retriable=True,
+                                ref=_ref(frame),
+                                retry_after_ms=_ms(wait),
+                            )
+                        )
+                        continue
                 try:
                     commands.put_nowait(frame)
                 except asyncio.QueueFull:
@@ -270,6 +344,8 @@ class Gateway:
                     )
                     connection.push_json(frames.acked(command.chat_id, stored))
             except MessagingError as exc:
+                if isinstance(exc, LimitExceeded):
+                    self._metrics.limit_rejections.labels(exc.limit).inc()
                 connection.push_json(
                     frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_ref(command))
                 )
@@ -291,10 +367,24 @@ class Gateway:
         self._metrics.sends.labels("duplicate" if result.duplicate else "stored").inc()
         connection.push_json(frames.send_ack(result.message, duplicate=result.duplicate))
 
-    async def _sync(self, connection: Connection, syncs: asyncio.Queue[frames.SyncRequest]) -> None:
+    async def _sync(
+        self, connection: Connection, syncs: asyncio.Queue[tuple[frames.SyncRequest, float]]
+    ) -> None:
         page_size = self._config.sync_page_size
         while True:
-            request = await syncs.get()
+            request, wait = await syncs.get()
+            if wait > 0:
+                self._metrics.limit_rejections.labels("syncs").inc()
+                connection.push_json(
+                    frames.error(
+                        ErrorCode.RATE_LIMITED,
+                        "too many sync requests; retry later",
+                        retriable=True,
+                        ref=_sync_ref(request),
+                        retry_after_ms=_ms(wait),
+                    )
+                )
+                continue
             self._metrics.sync_requests.inc()
             try:
                 if request.chats is None:
@@ -303,7 +393,11 @@ class Gateway:
                 else:
                     positions = [(p.chat_id, p.last_acked_sequence) for p in request.chats]
             except MessagingError as exc:
-                connection.push_json(frames.error(exc.code, exc.message, retriable=exc.retriable))
+                connection.push_json(
+                    frames.error(
+                        exc.code, exc.message, retriable=exc.retriable, ref=_sync_ref(request)
+                    )
+                )
                 continue
             for chat_id, after in positions:
                 try:
@@ -322,7 +416,10 @@ class Gateway:
                 except MessagingError as exc:
                     connection.push_json(
                         frames.error(
-                            exc.code, exc.message, retriable=exc.retriable, ref={"chat_id": chat_id}
+                            exc.code,
+                            exc.message,
+                            retriable=exc.retriable,
+                            ref={"sync": True, "chat_id": chat_id},
                         )
                     )
 
@@ -339,6 +436,18 @@ class Gateway:
             if self._monotonic() - last_seen[0] > idle:
                 connection.close(CloseCode.IDLE_TIMEOUT, f"nothing received for {idle:g}s")
                 return
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000 + 0.999))
+
+
+def _sync_ref(request: frames.SyncRequest) -> dict[str, object]:
+    """Marks an error as the answer to a sync request (the client retries that sync)."""
+    ref: dict[str, object] = {"sync": True}
+    if request.chats is not None:
+        ref["chat_ids"] = [p.chat_id for p in request.chats]
+    return ref
 
 
 def _ref(command: Command) -> dict[str, object]:

@@ -26,6 +26,17 @@ class NotFound(MessagingError):
     code = "not_found"
 
 
+class LimitExceeded(InvalidInput):
+    """A request over a configured size or count limit; ``limit`` names which (for metrics
+    and for the client: docs/adr/0010-abuse-limits-and-origin-checks.md)."""
+
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class Unauthenticated(MessagingError):
     code = "unauthenticated"
 

@@ -8,11 +8,12 @@ escape), and text longer than the limit in UTF-8 bytes.
 
 from __future__ import annotations
 
-from messaging.domain.errors import InvalidInput
+from messaging.domain.errors import InvalidInput, LimitExceeded
 
 
 def validate_text(text: str, max_bytes: int) -> bytes:
-    """Return the text's UTF-8 bytes, or raise :class:`InvalidInput` saying what is wrong."""
+    """Return the text's UTF-8 bytes, or raise :class:`InvalidInput` saying what is wrong
+    (:class:`LimitExceeded`, a kind of it, when the text is too long)."""
     if not text:
         raise InvalidInput("text must not be empty")
     try:
@@ -23,5 +24,7 @@ def validate_text(text: str, max_bytes: int) -> bytes:
             f"at position {exc.start}"
         ) from None
     if len(encoded) > max_bytes:
-        raise InvalidInput(f"text is {len(encoded)} bytes of UTF-8; the limit is {max_bytes}")
+        raise LimitExceeded(
+            f"text is {len(encoded)} bytes of UTF-8; the limit is {max_bytes}", "text_bytes"
+        )
     return encoded

@@ -8,10 +8,17 @@ last_acked_sequence)``; it only moves forward and never past what the member can
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from messaging.domain.errors import Forbidden, InvalidInput, NotAMember, NotFound
+from messaging.domain.errors import (
+    Forbidden,
+    InvalidInput,
+    LimitExceeded,
+    NotAMember,
+    NotFound,
+)
 from messaging.domain.ids import check_chat_id, check_user_id, direct_chat_id, new_group_id
 from messaging.domain.model import Chat, ChatKind, ChatSummary, HistoryPage, Membership
 from messaging.durability.config import (
@@ -66,8 +73,11 @@ class ChatService:
         if other_user_id == actor:
             raise InvalidInput("a 1:1 chat needs another user")
         await self._require_users([other_user_id])
+        chat_id = direct_chat_id(actor, other_user_id)
+        if await self._store.get_chat(chat_id) is None:
+            await self._check_chat_counts([actor, other_user_id])
         chat = Chat(
-            chat_id=direct_chat_id(actor, other_user_id),
+            chat_id=chat_id,
             kind=ChatKind.DIRECT,
             title="",
             created_by=actor,
@@ -88,6 +98,7 @@ class ChatService:
         members = sorted({actor, *member_ids})
         self._check_group_size(len(members))
         await self._require_users([u for u in members if u != actor])
+        await self._check_chat_counts(members)
         chat = Chat(
             chat_id=new_group_id(),
             kind=ChatKind.GROUP,
@@ -111,6 +122,7 @@ class ChatService:
         new = sorted(set(user_ids) - current)
         self._check_group_size(len(current) + len(new))
         await self._require_users(new)
+        await self._check_chat_counts(new)
         for user in new:
             await self._store.put_membership(
                 Membership(chat_id=chat_id, user_id=user, joined_seq=chat.head)
@@ -224,8 +236,30 @@ class ChatService:
 
     def _check_group_size(self, count: int) -> None:
         if count > self._config.max_group_members:
-            raise InvalidInput(
-                f"a group has at most {self._config.max_group_members} members ({count} asked)"
+            raise LimitExceeded(
+                f"a group has at most {self._config.max_group_members} members ({count} asked)",
+                "group_members",
+            )
+
+    async def _check_chat_counts(self, user_ids: Sequence[str]) -> None:
+        """Refuse a new chat or membership for a user already in ``max_chats_per_user`` chats.
+
+        Counted from the by-user index, which may lag a moment behind a chat just created: the
+        limit is approximate under concurrent creations, which is enough to stop abuse."""
+        limit = self._config.max_chats_per_user
+        gate = asyncio.Semaphore(16)
+
+        async def full(user_id: str) -> bool:
+            async with gate:
+                return len(await self._store.list_memberships_of(user_id)) >= limit
+
+        async with asyncio.TaskGroup() as group:
+            checks = {u: group.create_task(full(u)) for u in user_ids}
+        over = sorted(u for u, check in checks.items() if check.result())
+        if over:
+            raise LimitExceeded(
+                f"user(s) {', '.join(over)} already in {limit} chats, the most allowed",
+                "chats_per_user",
             )
 
     @staticmethod

@@ -13,6 +13,7 @@ TITLE_MAX_CHARS = 100
 class DurabilityConfig:
     max_text_bytes: int = 4096
     max_group_members: int = 256
+    max_chats_per_user: int = 500
     idempotency_ttl_seconds: int = 7 * 24 * 3600
     append_deadline_seconds: float = 5.0
     head_cache_size: int = 10_000

@@ -24,6 +24,7 @@ MAX_SYNC_CHATS = 1000
 class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     PROTOCOL_ABUSE = 4000
@@ -32,6 +33,7 @@ class CloseCode(enum.IntEnum):
     AUTH_TIMEOUT = 4008
     SLOW_CONSUMER = 4009
     IDLE_TIMEOUT = 4010
+    TOO_MANY_CONNECTIONS = 4029
 
 
 class ErrorCode(enum.StrEnum):
@@ -39,6 +41,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     FRAME_TOO_LARGE = "frame_too_large"
     BINARY_NOT_SUPPORTED = "binary_not_supported"
+    RATE_LIMITED = "rate_limited"
 
 
 class FrameError(Exception):
@@ -200,7 +203,12 @@ def resync(reason: str) -> dict[str, Any]:
 
 
 def error(
-    code: str, text: str, *, retriable: bool = False, ref: dict[str, Any] | None = None
+    code: str,
+    text: str,
+    *,
+    retriable: bool = False,
+    ref: dict[str, Any] | None = None,
+    retry_after_ms: int | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "error",
@@ -210,4 +218,6 @@ def error(
     }
     if ref:
         frame["ref"] = ref
+    if retry_after_ms is not None:
+        frame["retry_after_ms"] = retry_after_ms
     return frame

@@ -7,6 +7,7 @@ carries ``Retry-After``. Anything unexpected becomes a 500 with no internals in 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -40,6 +41,10 @@ def status_for(exc: errors.MessagingError) -> int:
 
 async def messaging_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.MessagingError)
+    return error_response(exc)
+
+
+def error_response(exc: errors.MessagingError) -> Response:
     headers: dict[str, str] = {}
     if isinstance(exc, errors.RateLimited):
         headers["Retry-After"] = str(max(1, exc.retry_after_seconds))
@@ -65,8 +70,20 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
 
 
-HANDLERS = {
-    errors.MessagingError: messaging_error,
-    HTTPException: http_error,
-    Exception: unexpected_error,
-}
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def handlers(on_limit: Callable[[str], None] = lambda _: None) -> dict[type[Exception], Handler]:
+    """The app's exception handlers; ``on_limit`` counts answers refused by a size or count
+    limit (:class:`~messaging.domain.errors.LimitExceeded`, by its ``limit`` name)."""
+
+    async def messaging_error_counted(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, errors.LimitExceeded):
+            on_limit(exc.limit)
+        return await messaging_error(request, exc)
+
+    return {
+        errors.MessagingError: messaging_error_counted,
+        HTTPException: http_error,
+        Exception: unexpected_error,
+    }

@@ -421,10 +421,14 @@ export class ProtocolClient extends EventTarget {
     return open;
   }
 
-  #onSyncComplete(chatId, head) {
+  #onSyncAnswered(chatId) {
     const open = this.syncsOpen.get(chatId) ?? 0;
     if (open > 1) this.syncsOpen.set(chatId, open - 1);
     else this.syncsOpen.delete(chatId);
+  }
+
+  #onSyncComplete(chatId, head) {
+    this.#onSyncAnswered(chatId);
     const buffer = this.buffers.get(chatId);
     if (buffer && Number.isSafeInteger(head)) this.#release(buffer.skipTo(head), true);
     if (this.syncing && this.syncStarted && this.#openSyncs() === 0) this.#finishSync();
@@ -538,11 +542,14 @@ export class ProtocolClient extends EventTarget {
 
   #onError(frame) {
     const ref = frame.ref && typeof frame.ref === "object" ? frame.ref : {};
+    const retriable = frame.retriable === true || RETRIABLE.has(frame.code);
+    const advisedMs = Number.isSafeInteger(frame.retry_after_ms) ? frame.retry_after_ms : 0;
     if (typeof ref.client_message_id === "string") {
       const send = this.pending.get(ref.client_message_id);
       if (!send) return;
-      if (frame.retriable || RETRIABLE.has(frame.code)) {
-        send.written_ms = Date.now() - SEND_TIMEOUT_MS + backoff(Math.min(send.attempts, 5));
+      if (retriable) {
+        const delay = Math.max(advisedMs, backoff(Math.min(send.attempts, 5)));
+        send.written_ms = Date.now() - SEND_TIMEOUT_MS + delay;
         return; // the ticker writes it again
       }
       send.state = "failed";
@@ -550,6 +557,17 @@ export class ProtocolClient extends EventTarget {
       this.pending.delete(send.client_message_id);
       this.#savePending();
       this.#emit("send", { send });
+      return;
+    }
+    if (ref.sync === true && retriable) {
+      // A sync answered with a retriable error in place of its sync_complete: ask again later.
+      let ids = [...this.syncsOpen.keys()];
+      if (typeof ref.chat_id === "string") ids = [ref.chat_id];
+      else if (Array.isArray(ref.chat_ids)) {
+        ids = ref.chat_ids.filter((id) => typeof id === "string");
+      }
+      for (const id of ids) this.#onSyncAnswered(id);
+      setTimeout(() => this.#syncChats(ids), Math.max(advisedMs, 1000));
       return;
     }
     if (typeof ref.chat_id === "string") {
@@ -563,12 +581,6 @@ export class ProtocolClient extends EventTarget {
         this.#emit("chatgone", { chatId, code: frame.code });
       }
       return;
-    }
-    if (frame.code === "rate_limited" && this.syncing) {
-      // A sync_request was refused: try the open ones again shortly.
-      const ids = [...this.syncsOpen.keys()];
-      this.syncsOpen.clear();
-      setTimeout(() => this.#syncChats(ids), 1000);
     }
   }
 
