@@ -27,6 +27,11 @@ def direct_chat_id(user_a: str, user_b: str) -> str:
     return "d_" + hashlib.sha256(f"{low}\x00{high}".encode()).hexdigest()[:32]
 
 
+def is_direct_chat_id(chat_id: str) -> bool:
+    """A 1:1 chat: its two members are fixed at creation and never change."""
+    return chat_id.startswith("d_")
+
+
 def check_client_message_id(value: str) -> str:
     if not _CLIENT_MESSAGE_ID.match(value):
         raise InvalidInput(

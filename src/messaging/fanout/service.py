@@ -1,19 +1,22 @@
 """Fanout: from persisted messages to the processes holding the members' sockets (ADR 0007).
 
 For each batch from the log: group by chat, read the chat's active members (one consistent
-read per chat per batch: no cache to invalidate), keep for each message the members who joined
-before it, look up where their sockets are (Redis), and hand each process its deliveries: the
-local process directly, the others over the hand-off channel. A member with no socket anywhere
-is offline and will catch up by sync (decision 7: no pushes to dead sockets).
+read per chat per batch: no cache to invalidate; 1:1 chats are the exception, their two members
+are fixed when the chat is created and never change, so they are read once and kept in a
+bounded cache), keep for each message the members who joined before it, look up where their
+sockets are (Redis), and hand each process its deliveries: the local process directly, the
+others over the hand-off channel. A member with no socket anywhere is offline and will catch up
+by sync (decision 7: no pushes to dead sockets).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 
+from messaging.domain.ids import is_direct_chat_id
 from messaging.domain.model import Message
 from messaging.fanout.ports import Handoff
 from messaging.metrics import Metrics
@@ -21,6 +24,7 @@ from messaging.protocol.delivery import Delivery, LocalDelivery, MembershipReade
 from messaging.protocol.faults import FaultPoint, FaultPoints, NoFaults
 
 MEMBERSHIP_READS_IN_FLIGHT = 32
+DIRECT_CHATS_CACHED = 100_000
 
 
 class FanoutService:
@@ -44,6 +48,20 @@ class FanoutService:
         self._metrics = metrics
         self._faults: FaultPoints = faults or NoFaults()
         self._clock = clock
+        self._direct: OrderedDict[str, dict[str, int]] = OrderedDict()
+
+    def _members_of_direct(self, chat_id: str) -> dict[str, int] | None:
+        members = self._direct.get(chat_id)
+        if members is not None:
+            self._direct.move_to_end(chat_id)
+        return members
+
+    def _remember_direct(self, chat_id: str, members: dict[str, int]) -> None:
+        if len(members) != 2:
+            return  # not yet both memberships visible: never cache a partial answer
+        self._direct[chat_id] = members
+        if len(self._direct) > DIRECT_CHATS_CACHED:
+            self._direct.popitem(last=False)
 
     async def fan_out(self, messages: Sequence[Message]) -> None:
         by_chat: dict[str, list[Message]] = defaultdict(list)
@@ -54,9 +72,15 @@ class FanoutService:
         limit = asyncio.Semaphore(MEMBERSHIP_READS_IN_FLIGHT)
 
         async def members_of(chat_id: str) -> dict[str, int]:
+            direct = is_direct_chat_id(chat_id)
+            if direct and (cached := self._members_of_direct(chat_id)) is not None:
+                return cached
             async with limit:
                 memberships = await self._members.active_memberships(chat_id)
-            return {m.user_id: m.joined_seq for m in memberships}
+            members = {m.user_id: m.joined_seq for m in memberships}
+            if direct:
+                self._remember_direct(chat_id, members)
+            return members
 
         joined_by_chat = dict(
             zip(by_chat, await asyncio.gather(*map(members_of, by_chat)), strict=True)

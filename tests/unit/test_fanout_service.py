@@ -1,0 +1,111 @@
+"""FanoutService with fakes: who gets each message, and how often memberships are read."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Sequence
+
+from messaging.domain.ids import direct_chat_id, new_group_id
+from messaging.domain.model import Membership, Message
+from messaging.fanout.service import FanoutService
+from messaging.metrics import Metrics
+from messaging.protocol.delivery import Delivery
+
+ALICE, BOB, CAROL = (f"u_{c * 32}" for c in "abc")
+
+
+class Members:
+    def __init__(self) -> None:
+        self.chats: dict[str, list[Membership]] = {}
+        self.reads: Counter[str] = Counter()
+
+    async def active_memberships(self, chat_id: str) -> list[Membership]:
+        self.reads[chat_id] += 1
+        return [m for m in self.chats.get(chat_id, []) if m.active]
+
+
+class EveryoneHere:
+    async def lookup(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+        return {"here": set(user_ids)}
+
+
+class Local:
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> int:
+        self.deliveries.extend(deliveries)
+        return len(deliveries)
+
+    def suggest_resync(self, reason: str) -> None:
+        return None
+
+
+class NoHandoff:
+    async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
+        raise AssertionError("everyone is local")
+
+
+def message(chat_id: str, sequence: int) -> Message:
+    return Message(
+        chat_id=chat_id,
+        sequence=sequence,
+        sender_id=ALICE,
+        sender_device="d",
+        client_message_id=f"m{sequence}",
+        text="hi",
+        created_at_ms=0,
+    )
+
+
+def world() -> tuple[FanoutService, Members, Local]:
+    members, local = Members(), Local()
+    service = FanoutService(
+        members, EveryoneHere(), NoHandoff(), local, instance_id="here", metrics=Metrics()
+    )
+    return service, members, local
+
+
+async def test_a_direct_chats_members_are_read_once() -> None:
+    service, members, local = world()
+    chat = direct_chat_id(ALICE, BOB)
+    members.chats[chat] = [
+        Membership(chat_id=chat, user_id=ALICE, joined_seq=0),
+        Membership(chat_id=chat, user_id=BOB, joined_seq=0),
+    ]
+    for sequence in (1, 2, 3):
+        await service.fan_out([message(chat, sequence)])
+    assert members.reads[chat] == 1
+    assert [(d.message.sequence, d.recipients) for d in local.deliveries] == [
+        (n, tuple(sorted((ALICE, BOB)))) for n in (1, 2, 3)
+    ]
+
+
+async def test_a_direct_chat_seen_half_created_is_read_again() -> None:
+    service, members, _ = world()
+    chat = direct_chat_id(ALICE, BOB)
+    members.chats[chat] = [Membership(chat_id=chat, user_id=ALICE, joined_seq=0)]
+    await service.fan_out([message(chat, 1)])
+    members.chats[chat].append(Membership(chat_id=chat, user_id=BOB, joined_seq=0))
+    await service.fan_out([message(chat, 2)])
+    await service.fan_out([message(chat, 3)])
+    assert members.reads[chat] == 2
+
+
+async def test_a_groups_members_are_read_for_every_batch() -> None:
+    service, members, local = world()
+    group = new_group_id()
+    members.chats[group] = [
+        Membership(chat_id=group, user_id=ALICE, joined_seq=0),
+        Membership(chat_id=group, user_id=BOB, joined_seq=0),
+    ]
+    await service.fan_out([message(group, 1)])
+    members.chats[group].append(
+        Membership(chat_id=group, user_id=CAROL, joined_seq=1)
+    )  # joined after message 1
+    await service.fan_out([message(group, 2)])
+    assert members.reads[group] == 2
+    assert [d.recipients for d in local.deliveries] == [
+        tuple(sorted((ALICE, BOB))),
+        tuple(sorted((ALICE, BOB, CAROL))),
+    ]
