@@ -184,3 +184,59 @@ async def test_endless_contention_ends_in_a_retriable_error() -> None:
         await send(service, alice, chat_id, "mine")
     assert info.value.retriable
     assert not any(m.client_message_id == "mine" for m in store.messages.values())
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    def submit(self, message: Message) -> None:
+        self.messages.append(message)
+
+
+class LostAnswerStore(InMemoryMessageStore):
+    """The first append commits, but its answer is lost: the store's retrier re-sends it and
+    finds its own idempotency record (``DUPLICATE_KEY``)."""
+
+    async def try_append(
+        self, message: Message, expected_head: int, record: IdempotencyRecord
+    ) -> AppendOutcome:
+        outcome = await super().try_append(message, expected_head, record)
+        if outcome is AppendOutcome.APPENDED:
+            return await super().try_append(message, expected_head, record)
+        return outcome
+
+
+async def test_a_send_whose_commit_answer_was_lost_still_reaches_the_relay() -> None:
+    alice = new_user_id()
+    store = LostAnswerStore()
+    chat_id = await new_chat(store, alice)
+    sink = Sink()
+    service = IngestService(store, CONFIG, sink=sink, clock=lambda: 1000.0)
+    result = await send(service, alice, chat_id, "m1")
+    assert (result.message.sequence, result.duplicate) == (1, True)
+    assert [m.sequence for m in sink.messages] == [1]
+
+
+async def test_a_retry_found_by_the_first_read_is_not_handed_to_the_relay_again() -> None:
+    alice = new_user_id()
+    store, _, chat_id = await setup(alice)
+    sink = Sink()
+    service = IngestService(store, CONFIG, sink=sink, clock=lambda: 1000.0)
+    await send(service, alice, chat_id, "m1")
+    await send(service, alice, chat_id, "m1")
+    assert [m.sequence for m in sink.messages] == [1]
+
+
+async def test_an_expired_idempotency_record_not_yet_deleted_counts_as_absent() -> None:
+    alice = new_user_id()
+    store, _, chat_id = await setup(alice)
+    day = 24 * 3600
+    old = IngestService(store, CONFIG, clock=lambda: 1000.0)
+    first = await send(old, alice, chat_id, "reused", "old text")
+    later = IngestService(
+        store, CONFIG, clock=lambda: 1000.0 + CONFIG.idempotency_ttl_seconds + day
+    )
+    again = await send(later, alice, chat_id, "reused", "new text")
+    assert (first.message.sequence, again.message.sequence, again.duplicate) == (1, 2, False)
+    assert store.messages[(chat_id, 2)].text == "new text"

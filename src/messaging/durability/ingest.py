@@ -131,10 +131,17 @@ class IngestService:
                     self._sink.submit(message)
                     return SendResult(message=message, duplicate=False)
                 if outcome is AppendOutcome.DUPLICATE_KEY:
+                    # The key was free when this send began: either a concurrent send with the
+                    # same key won, or this very send committed on an attempt whose answer was
+                    # lost (the store's retrier re-sent it). In the second case nobody handed
+                    # the message to the relay yet; handing it over again costs at most a
+                    # duplicate in the log (clients drop duplicates), not a 3 s sweeper delay.
                     stored = await self._store.get_idempotency(key)
                     if stored is None:
                         raise MessagingError(f"idempotency record {key} vanished during a send")
-                    return await self._replay(stored, chat_id, digest)
+                    result = await self._replay(stored, chat_id, digest)
+                    self._sink.submit(result.message)
+                    return result
                 if outcome is AppendOutcome.NOT_A_MEMBER:
                     raise NotAMember(f"you are not a member of chat {chat_id}")
                 # HEAD_MOVED: a writer on another process got there first.
