@@ -6,9 +6,9 @@ background loops, and on shutdown undoes all of it in reverse order:
 
 1. (before the lifespan ends, from ``messaging serve``) stop accepting and close every socket
    with 1001 going away: :func:`drain`;
-2. stop the background loops, newest first: hand-off subscriber, routing refresher, fanout
-   consumer (it finishes the batch in hand and commits its offsets), outbox relay (it publishes
-   what it holds);
+2. stop the background loops, newest first: the gateway's idle sweep, hand-off subscriber,
+   routing refresher, fanout consumer (it finishes the batch in hand and commits its offsets),
+   outbox relay (it publishes what it holds);
 3. remove this process from the routing table;
 4. stop the Kafka consumer and producer, close Redis and the DynamoDB client.
 """
@@ -276,6 +276,7 @@ async def build_runtime(
         background.start("fanout", fanout.run(), fanout.stop)
         background.start("routing-refresh", routes.run())
         background.start("handoff-subscriber", handoff.run_subscriber(local))
+        background.start("idle-sweep", gateway.sweep_idle())
         yield Runtime(
             checks=(
                 KafkaHealth(producer),

@@ -68,6 +68,7 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from messaging.bootstrap import create_app
+    from messaging.connection.transport import LeanWebSocketProtocol
 
     app = create_app(settings)
 
@@ -85,8 +86,13 @@ def _serve(settings: Settings) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        # uvicorn's "websockets-sansio" protocol, minus the handshake it keeps in memory.
+        ws=LeanWebSocketProtocol,
         ws_max_size=1 << 20,
+        # No permessage-deflate: every socket whose client offers it (every browser does)
+        # would hold two zlib streams, 51 KB per socket measured, twice what the rest of an
+        # idle socket costs; our frames are small JSON (docs/benchmarks.md, memory per socket).
+        ws_per_message_deflate=False,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         ws_ping_interval=settings.ws_ping_interval_seconds,

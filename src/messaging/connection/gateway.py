@@ -1,10 +1,13 @@
 """The WebSocket gateway: protocol v1 (docs/protocol.md).
 
-Each connection runs five tasks owned by its handler, cancelled and awaited together when any
-of them ends: the reader (parses frames, answers pings, queues commands), the writer (drains the
-outbound queue to the socket), the command worker (sends and acks, in the order received), the
-sync worker (paced catch-up replay) and the idle watchdog. Whoever decides to close sets the
-close code on the connection; the handler then closes the socket with it.
+A connection is served by its handler (the ASGI task) and a reader task (parses frames, answers
+pings, hands commands on). Everything else runs only while it has work, as tasks owned by the
+connection (``session.py``): the writer (drains the outbound queue to the socket), the command
+lane (sends and acks, answered in the order received) and the sync lane (paced catch-up replay,
+requests answered in order). Idle timeouts are enforced by one sweep for the whole process
+(:meth:`Gateway.sweep_idle`, a background loop of the composition root), not a task per socket.
+Whoever decides to close sets the close code on the connection; the handler then stops the
+connection's tasks, cancels and awaits them, and closes the socket with that code.
 
 Abuse limits (docs/adr/0010-abuse-limits-and-origin-checks.md), all per process: a browser
 ``Origin`` other than this host or an allowed origin is refused before the handshake (HTTP 403);
@@ -40,6 +43,8 @@ from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
 log = logging.getLogger(__name__)
 
 Command = frames.SendMessage | frames.Ack
+SyncItem = tuple[frames.SyncRequest, float]
+"""A sync request and how long its sender must wait (over the sync rate: answered with an error)."""
 
 
 class Gateway:
@@ -81,6 +86,26 @@ class Gateway:
             connection.close(CloseCode.GOING_AWAY, "server shutting down")
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=timeout_seconds)
+
+    async def sweep_idle(self) -> None:
+        """Close with 4010 every connection that sent no frame for the idle timeout, checking
+        every quarter of it (at most every 5 s). One loop for the whole process, run by the
+        composition root's background tasks (an idle socket costs no task of its own)."""
+        idle = self._config.idle_timeout_seconds
+        while True:
+            await asyncio.sleep(min(idle / 4, 5.0))
+            self.close_idle()
+
+    def close_idle(self) -> int:
+        """One pass of :meth:`sweep_idle`; returns how many connections it closed."""
+        idle = self._config.idle_timeout_seconds
+        oldest = self._monotonic() - idle
+        closed = 0
+        for connection in self._local.all():
+            if connection.last_seen < oldest and connection.state is State.LIVE:
+                connection.close(CloseCode.IDLE_TIMEOUT, f"nothing received for {idle:g}s")
+                closed += 1
+        return closed
 
     # ------------------------------------------------------------------ one connection
 
@@ -151,6 +176,8 @@ class Gateway:
             principal.device_id,
             OutboundQueue(self._config.outbound_queue_messages, self._config.outbound_queue_bytes),
             self._metrics,
+            websocket.send_text,
+            now=self._monotonic(),
         )
         self._local.add(connection)
         await self._routes.announce(connection.user_id)
@@ -170,8 +197,10 @@ class Gateway:
                     },
                 )
             )
-            await self._serve(websocket, connection)
+            connection.start_reader(self._read(websocket, connection))
+            await connection.stopped()
         finally:
+            await connection.shutdown()
             self._local.remove(connection)
             await self._routes.withdraw(connection.user_id)
         if connection.close_code is not None:
@@ -216,89 +245,65 @@ class Gateway:
             return None
         return principal
 
-    async def _serve(self, websocket: WebSocket, connection: Connection) -> None:
-        commands: asyncio.Queue[Command] = asyncio.Queue(self._config.pending_commands)
-        syncs: asyncio.Queue[tuple[frames.SyncRequest, float]] = asyncio.Queue(
-            self._config.pending_syncs
-        )
-        last_seen = [self._monotonic()]
-        tasks = {
-            asyncio.create_task(self._read(websocket, connection, commands, syncs, last_seen)),
-            asyncio.create_task(self._write(websocket, connection)),
-            asyncio.create_task(self._work(connection, commands)),
-            asyncio.create_task(self._sync(connection, syncs)),
-            asyncio.create_task(self._watch_idle(connection, last_seen)),
-            asyncio.create_task(connection.closing.wait()),
-        }
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(
-                result, WebSocketDisconnect | OSError
-            ):
-                log.error("connection task failed", exc_info=result)
-                connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-
     # ------------------------------------------------------------------ tasks
 
-    async def _read(
-        self,
-        websocket: WebSocket,
-        connection: Connection,
-        commands: asyncio.Queue[Command],
-        syncs: asyncio.Queue[tuple[frames.SyncRequest, float]],
-        last_seen: list[float],
-    ) -> None:
-        bad: deque[float] = deque()
+    def _reject(self, connection: Connection, code: str, text: str) -> None:
+        """An error frame for an invalid frame; too many of them close the connection (4000)."""
+        connection.push_json(frames.error(code, text))
+        now = self._monotonic()
+        bad = connection.bad_frames
+        if bad is None:
+            bad = connection.bad_frames = deque()
+        bad.append(now)
+        while bad and bad[0] < now - self._config.bad_frames_window_seconds:
+            bad.popleft()
+        if len(bad) > self._config.bad_frames_allowed:
+            connection.close(CloseCode.PROTOCOL_ABUSE, "too many invalid frames")
 
-        def reject(code: str, text: str) -> None:
-            connection.push_json(frames.error(code, text))
-            now = self._monotonic()
-            bad.append(now)
-            while bad and bad[0] < now - self._config.bad_frames_window_seconds:
-                bad.popleft()
-            if len(bad) > self._config.bad_frames_allowed:
-                connection.close(CloseCode.PROTOCOL_ABUSE, "too many invalid frames")
-
+    async def _read(self, websocket: WebSocket, connection: Connection) -> None:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
+                connection.stop()
                 return
-            last_seen[0] = self._monotonic()
+            connection.last_seen = self._monotonic()
             text = message.get("text")
             if text is None:
-                reject(ErrorCode.BINARY_NOT_SUPPORTED, "frames are JSON text frames")
+                self._reject(
+                    connection, ErrorCode.BINARY_NOT_SUPPORTED, "frames are JSON text frames"
+                )
                 continue
             limit = self._config.max_frame_bytes
             if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
                 self._metrics.limit_rejections.labels("frame_bytes").inc()
-                reject(ErrorCode.FRAME_TOO_LARGE, f"frames are at most {limit} bytes")
+                self._reject(
+                    connection, ErrorCode.FRAME_TOO_LARGE, f"frames are at most {limit} bytes"
+                )
                 continue
             try:
                 frame = frames.parse_client_frame(orjson.loads(text))
             except orjson.JSONDecodeError:
-                reject(ErrorCode.INVALID_FRAME, "a frame is one JSON object")
+                self._reject(connection, ErrorCode.INVALID_FRAME, "a frame is one JSON object")
                 continue
             except FrameError as exc:
-                reject(exc.code, exc.message)
+                self._reject(connection, exc.code, exc.message)
                 continue
             kind = type(frame).__name__
             self._metrics.frames_in.labels(kind).inc()
             if isinstance(frame, frames.Ping):
                 connection.push_json(frames.pong(frame.id, int(self._clock() * 1000)))
             elif isinstance(frame, frames.Auth):
-                reject(ErrorCode.INVALID_FRAME, "already authenticated")
+                self._reject(connection, ErrorCode.INVALID_FRAME, "already authenticated")
             elif isinstance(frame, frames.SyncRequest):
-                # Over the limit, the sync worker answers it with an error in its turn: sync
+                # Over the limit, the sync lane answers it with an error in its turn: sync
                 # answers stay in request order, which is how clients pair them.
                 wait = self._sync_buckets.take(connection.user_id)
-                try:
-                    syncs.put_nowait((frame, wait))
-                except asyncio.QueueFull:
+                syncs = connection.syncs
+                if syncs is None:
+                    syncs = connection.syncs = connection.lane(
+                        self._config.pending_syncs, self._sync
+                    )
+                if not syncs.put((frame, wait)):
                     connection.close(CloseCode.PROTOCOL_ABUSE, "too many sync requests in flight")
             else:
                 if isinstance(frame, frames.SendMessage):
@@ -315,9 +320,12 @@ class Gateway:
                             )
                         )
                         continue
-                try:
-                    commands.put_nowait(frame)
-                except asyncio.QueueFull:
+                commands = connection.commands
+                if commands is None:
+                    commands = connection.commands = connection.lane(
+                        self._config.pending_commands, self._work
+                    )
+                if not commands.put(frame):
                     connection.push_json(
                         frames.error(
                             "rate_limited",
@@ -327,28 +335,22 @@ class Gateway:
                         )
                     )
 
-    async def _write(self, websocket: WebSocket, connection: Connection) -> None:
-        while True:
-            frame = await connection.queue.get()
-            await websocket.send_text(frame.decode())
-
-    async def _work(self, connection: Connection, commands: asyncio.Queue[Command]) -> None:
-        while True:
-            command = await commands.get()
-            try:
-                if isinstance(command, frames.SendMessage):
-                    await self._send(connection, command)
-                else:
-                    stored = await self._reader.ack(
-                        connection.user_id, command.chat_id, command.sequence
-                    )
-                    connection.push_json(frames.acked(command.chat_id, stored))
-            except MessagingError as exc:
-                if isinstance(exc, LimitExceeded):
-                    self._metrics.limit_rejections.labels(exc.limit).inc()
-                connection.push_json(
-                    frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_ref(command))
+    async def _work(self, connection: Connection, command: Command) -> None:
+        """One send or ack, in its turn on the connection's command lane."""
+        try:
+            if isinstance(command, frames.SendMessage):
+                await self._send(connection, command)
+            else:
+                stored = await self._reader.ack(
+                    connection.user_id, command.chat_id, command.sequence
                 )
+                connection.push_json(frames.acked(command.chat_id, stored))
+        except MessagingError as exc:
+            if isinstance(exc, LimitExceeded):
+                self._metrics.limit_rejections.labels(exc.limit).inc()
+            connection.push_json(
+                frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_ref(command))
+            )
 
     async def _send(self, connection: Connection, command: frames.SendMessage) -> None:
         started = self._monotonic()
@@ -367,75 +369,63 @@ class Gateway:
         self._metrics.sends.labels("duplicate" if result.duplicate else "stored").inc()
         connection.push_json(frames.send_ack(result.message, duplicate=result.duplicate))
 
-    async def _sync(
-        self, connection: Connection, syncs: asyncio.Queue[tuple[frames.SyncRequest, float]]
-    ) -> None:
-        page_size = self._config.sync_page_size
-        while True:
-            request, wait = await syncs.get()
-            if wait > 0:
-                self._metrics.limit_rejections.labels("syncs").inc()
-                connection.push_json(
-                    frames.error(
-                        ErrorCode.RATE_LIMITED,
-                        "too many sync requests; retry later",
-                        retriable=True,
-                        ref=_sync_ref(request),
-                        retry_after_ms=_ms(wait),
-                    )
+    async def _sync(self, connection: Connection, item: SyncItem) -> None:
+        """One sync request, in its turn on the connection's sync lane."""
+        request, wait = item
+        if wait > 0:
+            self._metrics.limit_rejections.labels("syncs").inc()
+            connection.push_json(
+                frames.error(
+                    ErrorCode.RATE_LIMITED,
+                    "too many sync requests; retry later",
+                    retriable=True,
+                    ref=_sync_ref(request),
+                    retry_after_ms=_ms(wait),
                 )
-                continue
-            self._metrics.sync_requests.inc()
+            )
+            return
+        self._metrics.sync_requests.inc()
+        try:
+            if request.chats is None:
+                summaries = await self._reader.list_chats(connection.user_id)
+                positions = [(s.chat.chat_id, s.last_acked_sequence) for s in summaries]
+            else:
+                positions = [(p.chat_id, p.last_acked_sequence) for p in request.chats]
+        except MessagingError as exc:
+            connection.push_json(
+                frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_sync_ref(request))
+            )
+            return
+        page_size = self._config.sync_page_size
+        for chat_id, after in positions:
             try:
-                if request.chats is None:
-                    summaries = await self._reader.list_chats(connection.user_id)
-                    positions = [(s.chat.chat_id, s.last_acked_sequence) for s in summaries]
-                else:
-                    positions = [(p.chat_id, p.last_acked_sequence) for p in request.chats]
+                while True:
+                    page = await self._reader.messages_after(
+                        connection.user_id, chat_id, after, page_size
+                    )
+                    for message in page.messages:
+                        await self._paced(connection, frames.message(message, replay=True))
+                    self._metrics.sync_replays.inc(len(page.messages))
+                    if page.messages:
+                        after = page.messages[-1].sequence
+                    if not page.has_more:
+                        break
+                await self._paced(connection, frames.sync_complete(chat_id, page.visible_head))
             except MessagingError as exc:
                 connection.push_json(
                     frames.error(
-                        exc.code, exc.message, retriable=exc.retriable, ref=_sync_ref(request)
+                        exc.code,
+                        exc.message,
+                        retriable=exc.retriable,
+                        ref={"sync": True, "chat_id": chat_id},
                     )
                 )
-                continue
-            for chat_id, after in positions:
-                try:
-                    while True:
-                        page = await self._reader.messages_after(
-                            connection.user_id, chat_id, after, page_size
-                        )
-                        for message in page.messages:
-                            await self._paced(connection, frames.message(message, replay=True))
-                        self._metrics.sync_replays.inc(len(page.messages))
-                        if page.messages:
-                            after = page.messages[-1].sequence
-                        if not page.has_more:
-                            break
-                    await self._paced(connection, frames.sync_complete(chat_id, page.visible_head))
-                except MessagingError as exc:
-                    connection.push_json(
-                        frames.error(
-                            exc.code,
-                            exc.message,
-                            retriable=exc.retriable,
-                            ref={"sync": True, "chat_id": chat_id},
-                        )
-                    )
 
     async def _paced(self, connection: Connection, frame: dict[str, object]) -> None:
         if connection.state is not State.LIVE:
             return  # closing: the handler is about to cancel this task
-        await connection.queue.put_paced(encode_frame(frame))
+        await connection.put_paced(encode_frame(frame))
         self._metrics.frames_out.labels(str(frame["type"])).inc()
-
-    async def _watch_idle(self, connection: Connection, last_seen: list[float]) -> None:
-        idle = self._config.idle_timeout_seconds
-        while True:
-            await asyncio.sleep(min(idle / 4, 5.0))
-            if self._monotonic() - last_seen[0] > idle:
-                connection.close(CloseCode.IDLE_TIMEOUT, f"nothing received for {idle:g}s")
-                return
 
 
 def _ms(seconds: float) -> int:
