@@ -4,8 +4,10 @@ connection alive, membership rules, idempotent sends, multi-device and multi-pro
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
+import httpx
 import jwt
 import pytest
 
@@ -304,6 +306,46 @@ async def test_ack_moves_forward_only_and_lists_unread(apps: list[AppProcess]) -
     mine = next(c for c in chats if c["chat_id"] == chat_id)
     assert (mine["head"], mine["last_acked_sequence"], mine["unread"]) == (3, 2, 1)
     for socket in (a, b):
+        await socket.close()
+
+
+async def dynamodb_calls(app: AppProcess, operation: str) -> float:
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    pattern = rf'^messaging_dynamodb_call_seconds_count{{operation="{operation}"}} (\S+)$'
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_an_ack_of_what_the_connection_was_sent_skips_the_visibility_reads(
+    apps: list[AppProcess],
+) -> None:
+    """ADR 0015: an ack up to what this connection was pushed is one conditional write; an ack
+    of something it was not sent is checked against the chat and the membership first."""
+    alice, bob = await asyncio.gather(login(apps[0]), login(apps[0]))
+    chat_id = await direct_chat(apps[0], alice, bob)
+    a, b = await authed(apps[0], alice), await authed(apps[0], bob)
+    for n in range(2):
+        await a.send(
+            {"type": "send_message", "chat_id": chat_id, "client_message_id": f"k{n}", "text": "x"}
+        )
+        await a.recv_until("send_ack")
+        assert (await b.recv_until("message"))["sequence"] == n + 1
+    reads = await dynamodb_calls(apps[0], "GetItem")
+    writes = await dynamodb_calls(apps[0], "UpdateItem")
+    await b.send({"type": "ack", "chat_id": chat_id, "sequence": 2})
+    assert (await b.recv_until("acked"))["last_acked_sequence"] == 2
+    assert await dynamodb_calls(apps[0], "GetItem") == reads
+    assert await dynamodb_calls(apps[0], "UpdateItem") == writes + 1
+    # Another connection of bob's was sent nothing: its acks are checked first.
+    other = await authed(apps[0], bob)
+    reads = await dynamodb_calls(apps[0], "GetItem")
+    await other.send({"type": "ack", "chat_id": chat_id, "sequence": 1})
+    assert (await other.recv_until("acked"))["last_acked_sequence"] == 2
+    assert await dynamodb_calls(apps[0], "GetItem") >= reads + 2  # the chat, the membership
+    await other.send({"type": "ack", "chat_id": chat_id, "sequence": 3})
+    assert (await other.recv_until("error"))["code"] == "invalid_input"
+    for socket in (a, b, other):
         await socket.close()
 
 

@@ -169,6 +169,21 @@ async def test_acks_only_move_forward_and_never_past_head() -> None:
         await w.chats.ack(b, chat.chat_id, -1)
 
 
+async def test_an_ack_of_a_delivered_sequence_is_only_the_forward_write() -> None:
+    w = World()
+    a, b = w.users[:2]
+    chat, _ = await w.chats.create_direct(a, b)
+    for _ in range(3):
+        await w.send(a, chat.chat_id)
+    assert await w.chats.ack_delivered(b, chat.chat_id, 2) == 2
+    assert await w.chats.ack_delivered(b, chat.chat_id, 1) == 2
+    assert await w.chats.ack(b, chat.chat_id, 3) == 3
+    with pytest.raises(InvalidInput, match="positive"):
+        await w.chats.ack_delivered(b, chat.chat_id, 0)
+    with pytest.raises(InvalidInput, match="not a chat id"):
+        await w.chats.ack_delivered(b, "nope", 1)
+
+
 async def test_list_chats_reports_head_last_acked_and_unread() -> None:
     w = World()
     a, b, c, _ = w.users

@@ -300,6 +300,9 @@ class Nothing:
     async def ack(self, user_id: str, chat_id: str, sequence: int) -> int:
         return 0
 
+    async def ack_delivered(self, user_id: str, chat_id: str, sequence: int) -> int:
+        return 0
+
     async def messages_after(self, *args: Any) -> Any:
         raise AssertionError("no chat to replay")
 

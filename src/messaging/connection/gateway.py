@@ -341,9 +341,14 @@ class Gateway:
             if isinstance(command, frames.SendMessage):
                 await self._send(connection, command)
             else:
-                stored = await self._reader.ack(
-                    connection.user_id, command.chat_id, command.sequence
+                # Up to what this connection was sent, the user may see everything: only the
+                # forward-only write remains (one DynamoDB call instead of three).
+                ack = (
+                    self._reader.ack_delivered
+                    if connection.was_sent(command.chat_id, command.sequence)
+                    else self._reader.ack
                 )
+                stored = await ack(connection.user_id, command.chat_id, command.sequence)
                 connection.push_json(frames.acked(command.chat_id, stored))
         except MessagingError as exc:
             if isinstance(exc, LimitExceeded):
@@ -368,6 +373,7 @@ class Gateway:
         self._metrics.send_latency.observe(self._monotonic() - started)
         self._metrics.sends.labels("duplicate" if result.duplicate else "stored").inc()
         connection.push_json(frames.send_ack(result.message, duplicate=result.duplicate))
+        connection.saw(result.message.chat_id, result.message.sequence)
 
     async def _sync(self, connection: Connection, item: SyncItem) -> None:
         """One sync request, in its turn on the connection's sync lane."""
@@ -411,6 +417,7 @@ class Gateway:
                     if not page.has_more:
                         break
                 await self._paced(connection, frames.sync_complete(chat_id, page.visible_head))
+                connection.saw(chat_id, page.visible_head)
             except MessagingError as exc:
                 connection.push_json(
                     frames.error(

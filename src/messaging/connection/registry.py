@@ -46,9 +46,11 @@ class LocalConnections:
         queued = 0
         for delivery in deliveries:
             frame = encode_frame(frames.message(delivery.message))
+            message = delivery.message
             for user in delivery.recipients:
                 for connection in tuple(self._by_user.get(user, ())):
                     if connection.push(frame, "message"):
+                        connection.saw(message.chat_id, message.sequence)
                         queued += 1
         self._metrics.fanout_deliveries.inc(queued)
         return queued

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+DELIVERED_CHATS = 256
+"""How many chats a connection remembers what it was sent of (see ``Connection.saw``)."""
+
 
 class State(enum.Enum):
     LIVE = "live"
@@ -47,6 +50,7 @@ class Connection:
         "close_reason",
         "commands",
         "connection_id",
+        "delivered",
         "device_id",
         "last_seen",
         "queue",
@@ -76,6 +80,11 @@ class Connection:
         """When the last frame arrived (the gateway's monotonic clock), for the idle sweep."""
         self.bad_frames: deque[float] | None = None
         """When recent invalid frames arrived (created by the first one)."""
+        self.delivered: dict[str, int] | None = None
+        """Per chat, the highest sequence this connection was sent (live, replayed, its own
+        send, or a ``sync_complete`` head): the user may see all of it, so an ack up to it
+        needs no membership check (created by the first delivery, at most
+        ``DELIVERED_CHATS`` chats)."""
         self.commands: Lane[Any] | None = None
         self.syncs: Lane[Any] | None = None
         self._metrics = metrics
@@ -83,6 +92,22 @@ class Connection:
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ what it was sent
+
+    def saw(self, chat_id: str, sequence: int) -> None:
+        """Remember that this connection was sent ``chat_id`` up to ``sequence``."""
+        delivered = self.delivered
+        if delivered is None:
+            delivered = self.delivered = {}
+        if sequence > delivered.get(chat_id, 0):
+            if chat_id not in delivered and len(delivered) >= DELIVERED_CHATS:
+                del delivered[next(iter(delivered))]  # the chat that came first
+            delivered[chat_id] = sequence
+
+    def was_sent(self, chat_id: str, sequence: int) -> bool:
+        """True when this connection was sent ``chat_id`` at or past ``sequence`` (> 0)."""
+        return 0 < sequence <= (self.delivered or {}).get(chat_id, 0)
 
     # ------------------------------------------------------------------ outbound frames
 

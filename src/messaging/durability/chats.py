@@ -225,6 +225,16 @@ class ChatService:
             raise InvalidInput(f"sequence {sequence} is past the chat head {visible}")
         return await self._store.advance_last_acked(user_id, chat_id, sequence)
 
+    async def ack_delivered(self, user_id: str, chat_id: str, sequence: int) -> int:
+        """``ack`` without the visibility reads, for a sequence the caller sent this user on a
+        live connection (a push, a replay, their own send or a ``sync_complete`` head): it was
+        visible to them then, and what was visible stays visible (removal only ends visibility
+        after its point; ADR 0015)."""
+        check_chat_id(chat_id)
+        if sequence < 1:
+            raise InvalidInput("sequence must be positive")
+        return await self._store.advance_last_acked(user_id, chat_id, sequence)
+
     # ------------------------------------------------------------------ helpers
 
     async def _require_users(self, user_ids: Sequence[str]) -> None:
