@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run    - venv, install, local stack up, db init, serve on http://127.0.0.1:8000"
-	@echo "make test   - the same stack, then lint-imports, ruff, mypy, hadolint and pytest"
+	@echo "make test   - the same stack, then lint-imports, ruff, mypy, hadolint, pip-audit and pytest"
 	@echo "make stack-down - stop Kafka, the DynamoDB API emulator and Redis"
 
 prereqs:
@@ -41,6 +41,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/python scripts/audit-deps
 
 typecheck: venv
 	$(BIN)/mypy

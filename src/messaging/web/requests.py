@@ -26,9 +26,7 @@ def authenticate(request: Request, verifier: TokenVerifier) -> Principal:
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidInput(f"request body over {MAX_BODY_BYTES} bytes")
+    body = await _limited_body(request)
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -36,6 +34,24 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput("request body must be a JSON object")
     return value
+
+
+async def _limited_body(request: Request) -> bytes:
+    """The body, refused as soon as it is known to exceed ``MAX_BODY_BYTES``: from its declared
+    ``Content-Length``, or while it streams in; never buffered whole first (one request with a
+    huge body would otherwise hold that much memory)."""
+    too_big = InvalidInput(f"request body over {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def field(body: dict[str, Any], name: str, kind: type, *, required: bool = True) -> Any:
