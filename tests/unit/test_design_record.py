@@ -30,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ADR_DIR = ROOT / "docs" / "adr"
 INDEX = ADR_DIR / "README.md"
-DOCS = ("docs/consistency-model.md", "docs/architecture.md")
+DOCS = ("docs/consistency-model.md", "docs/architecture.md", "docs/threat-model.md")
 CHECKER = ROOT / "src" / "messaging" / "client" / "checker.py"
 MAPPING_HEADING = "## MVP decisions → records"
 SEED_DECISIONS = set(range(1, 11))
