@@ -132,21 +132,28 @@ async def test_frames_for_a_chat_you_are_not_in_are_refused(apps: list[AppProces
     await socket.send(
         {"type": "send_message", "chat_id": chat_id, "client_message_id": "m1", "text": "hi"}
     )
+    # Never a member: the same answer as for a chat that does not exist (an outsider must not
+    # learn whether alice and bob have a 1:1 chat: its id derives from their user ids).
     refused = await socket.recv()
     assert (refused["code"], refused["ref"]) == (
-        "not_a_member",
+        "not_found",
         {"chat_id": chat_id, "client_message_id": "m1"},
     )
     await socket.send({"type": "ack", "chat_id": chat_id, "sequence": 0})
-    assert (await socket.recv())["code"] == "not_a_member"
+    assert (await socket.recv())["code"] == "not_found"
     await socket.send(
         {"type": "sync_request", "chats": [{"chat_id": chat_id, "last_acked_sequence": 0}]}
     )
     refused = await socket.recv()
-    assert (refused["code"], refused["ref"]) == ("not_a_member", {"sync": True, "chat_id": chat_id})
+    assert (refused["code"], refused["ref"]) == ("not_found", {"sync": True, "chat_id": chat_id})
     answer = await rest(apps[1], mallory, "GET", f"/v1/chats/{chat_id}/messages")
-    assert answer.status_code == 403
-    assert answer.json()["error"]["code"] == "not_a_member"
+    missing = "d_" + "0" * 32
+    unknown = await rest(apps[1], mallory, "GET", f"/v1/chats/{missing}/messages")
+    assert (answer.status_code, unknown.status_code) == (404, 404)
+    assert answer.json()["error"] == {
+        **unknown.json()["error"],
+        "message": unknown.json()["error"]["message"].replace(missing, chat_id),
+    }
     await socket.close()
 
 

@@ -111,10 +111,15 @@ async def test_text_at_the_limit_is_accepted_byte_for_byte() -> None:
 async def test_non_members_and_unknown_chats_are_refused() -> None:
     alice, mallory = new_user_id(), new_user_id()
     store, service, chat_id = await setup(alice)
-    with pytest.raises(NotAMember):
-        await send(service, mallory, chat_id, "k")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="does not exist or you are not in it"):
+        await send(service, mallory, chat_id, "k")  # the same answer as for no such chat
+    with pytest.raises(NotFound, match="does not exist or you are not in it"):
         await send(service, alice, new_group_id(), "k")
+    bob = new_user_id()
+    await store.put_membership(Membership(chat_id=chat_id, user_id=bob, joined_seq=0))
+    await store.remove_membership(chat_id, bob, 0)
+    with pytest.raises(NotAMember, match="no longer a member"):
+        await send(service, bob, chat_id, "k")  # a removed member knows the chat exists
     with pytest.raises(InvalidInput, match="client_message_id"):
         await send(service, alice, chat_id, "has space")
     assert store.messages == {}

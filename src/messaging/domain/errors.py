@@ -37,6 +37,14 @@ class LimitExceeded(InvalidInput):
         self.limit = limit
 
 
+def chat_not_found(chat_id: str) -> NotFound:
+    """The one answer for a chat that does not exist and for a chat the caller was never in:
+    an outsider must not learn whether a chat exists (1:1 chat ids derive from the two user
+    ids, which ``/v1/users/by-phone`` reveals). A member removed from a chat knows it exists
+    and gets :class:`NotAMember` instead."""
+    return NotFound(f"chat {chat_id} does not exist or you are not in it")
+
+
 class Unauthenticated(MessagingError):
     code = "unauthenticated"
 

@@ -194,8 +194,8 @@ OPERATIONS: list[Operation] = [
                     "properties": {"members": {"type": "array", "items": _USER_ID}},
                 },
             ),
-            403: ("Not a member", None),
-            404: ("No such chat", None),
+            403: ("No longer a member (removed)", None),
+            404: ("No such chat, or you were never in it (the same answer)", None),
         },
     ),
     Operation(
@@ -219,8 +219,8 @@ OPERATIONS: list[Operation] = [
                     "properties": {"added": {"type": "array", "items": _USER_ID}},
                 },
             ),
-            403: ("Not a member, or a 1:1 chat", None),
-            404: ("No such chat or unknown user(s)", None),
+            403: ("No longer a member (removed), or a 1:1 chat", None),
+            404: ("No such chat or you were never in it, or unknown user(s)", None),
         },
     ),
     Operation(
@@ -242,8 +242,8 @@ OPERATIONS: list[Operation] = [
                     "properties": {"removed_after_sequence": {"type": "integer"}},
                 },
             ),
-            403: ("Not a member, or a 1:1 chat", None),
-            404: ("No such chat, or the user is not a member", None),
+            403: ("No longer a member (removed), or a 1:1 chat", None),
+            404: ("No such chat or you were never in it, or the user is not a member", None),
         },
     ),
     Operation(
@@ -272,8 +272,8 @@ OPERATIONS: list[Operation] = [
                     },
                 },
             ),
-            403: ("Not a member", None),
-            404: ("No such chat", None),
+            403: ("No longer a member (removed)", None),
+            404: ("No such chat, or you were never in it (the same answer)", None),
         },
     ),
 ]

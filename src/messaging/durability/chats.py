@@ -18,6 +18,7 @@ from messaging.domain.errors import (
     LimitExceeded,
     NotAMember,
     NotFound,
+    chat_not_found,
 )
 from messaging.domain.ids import check_chat_id, check_user_id, direct_chat_id, new_group_id
 from messaging.domain.model import Chat, ChatKind, ChatSummary, HistoryPage, Membership
@@ -49,14 +50,17 @@ class ChatService:
     async def member_view(
         self, user_id: str, chat_id: str, *, allow_removed: bool = False
     ) -> tuple[Chat, Membership]:
-        """The chat (fresh) and the user's membership, or NotFound / NotAMember."""
+        """The chat (fresh) and the user's membership, or NotFound (no such chat, or never in it:
+        the same answer) / NotAMember (removed)."""
         check_chat_id(chat_id)
         chat = await self._store.get_chat(chat_id)
         if chat is None:
-            raise NotFound(f"chat {chat_id} does not exist")
+            raise chat_not_found(chat_id)
         membership = await self._store.get_membership(chat_id, user_id)
-        if membership is None or (not membership.active and not allow_removed):
-            raise NotAMember(f"you are not a member of chat {chat_id}")
+        if membership is None:
+            raise chat_not_found(chat_id)
+        if not membership.active and not allow_removed:
+            raise NotAMember(f"you are no longer a member of chat {chat_id}")
         return chat, membership
 
     async def active_members(self, chat_id: str) -> list[str]:

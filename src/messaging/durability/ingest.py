@@ -30,8 +30,8 @@ from messaging.domain.errors import (
     IdempotencyKeyReused,
     MessagingError,
     NotAMember,
-    NotFound,
     Unavailable,
+    chat_not_found,
 )
 from messaging.domain.ids import check_chat_id, check_client_message_id
 from messaging.domain.model import (
@@ -98,7 +98,7 @@ class IngestService:
         if known_head is None:
             chat = await self._store.get_chat(chat_id)
             if chat is None:
-                raise NotFound(f"chat {chat_id} does not exist")
+                raise chat_not_found(chat_id)
             known_head = chat.head
 
         async with self._locks.hold(chat_id):
@@ -143,7 +143,9 @@ class IngestService:
                     self._sink.submit(result.message)
                     return result
                 if outcome is AppendOutcome.NOT_A_MEMBER:
-                    raise NotAMember(f"you are not a member of chat {chat_id}")
+                    if await self._store.get_membership(chat_id, sender_id) is None:
+                        raise chat_not_found(chat_id)  # as for a chat that does not exist
+                    raise NotAMember(f"you are no longer a member of chat {chat_id}")
                 # HEAD_MOVED: a writer on another process got there first.
                 attempt += 1
                 if self._monotonic() > deadline:
