@@ -61,8 +61,21 @@ def connection(send: Callable[[str], Awaitable[None]] | None = None) -> Connecti
     return Connection("u1", "d1", OutboundQueue(100, 65536), METRICS, send or Sent())
 
 
+_BEFORE: set[asyncio.Task[Any]] = set()
+"""Tasks already running when the test began: the event loop is shared by the whole session,
+so earlier tests' long-lived tasks (Playwright's, for one) must not count as this test's."""
+
+
+@pytest.fixture(autouse=True)
+async def _tasks_before() -> AsyncIterator[None]:
+    _BEFORE.clear()
+    _BEFORE.update(asyncio.all_tasks())
+    yield
+    _BEFORE.clear()
+
+
 def other_tasks() -> set[asyncio.Task[Any]]:
-    return asyncio.all_tasks() - {asyncio.current_task()}
+    return asyncio.all_tasks() - _BEFORE - {asyncio.current_task()}
 
 
 async def settle() -> None:
