@@ -34,7 +34,7 @@ from messaging.connection.transport import HANDSHAKE_ATTRIBUTES, LeanWebSocketPr
 from messaging.domain.model import Message
 from messaging.metrics import Metrics
 from messaging.protocol.chat import ConversationReader, MessageIngest
-from messaging.protocol.delivery import RouteRegistry
+from messaging.protocol.delivery import Delivery, RouteRegistry
 from messaging.protocol.frames import CloseCode
 from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
 
@@ -434,3 +434,44 @@ async def test_an_idle_socket_costs_the_gateway_a_few_kilobytes() -> None:
             await client.close()
     per_socket = grown / count
     assert per_socket < 8192, f"{per_socket:.0f} bytes per idle socket"
+
+
+class RacingRoutes(Nothing):
+    """Routes whose ``announce`` lets fanout find the new socket at once: a message for the
+    user is delivered to this process's connections while the announce is still running."""
+
+    def __init__(self, local: LocalConnections) -> None:
+        self.local = local
+
+    async def announce(self, user_id: str) -> None:
+        message = Message(
+            chat_id="d_" + "1" * 32,
+            sequence=1,
+            sender_id="u_other",
+            sender_device="d",
+            client_message_id="m1",
+            text="early",
+            created_at_ms=0,
+        )
+        self.local.deliver([Delivery(message, (user_id,))])
+        await asyncio.sleep(0)
+
+
+async def test_ready_is_the_first_frame_even_when_fanout_races_the_registration() -> None:
+    local = LocalConnections(Metrics())
+    routes = RacingRoutes(local)
+    gateway = Gateway(
+        tokens=Tokens(),
+        sessions=routes,
+        ingest=cast(MessageIngest, routes),
+        reader=cast(ConversationReader, routes),
+        routes=routes,
+        local=local,
+        config=GatewayConfig(),
+        metrics=Metrics(),
+    )
+    app = Starlette(routes=[WebSocketRoute("/ws", gateway.handle)])
+    async with serving(app) as (url, _), connect(url, compression=None) as client:
+        await client.send(orjson.dumps({"type": "auth", "token": "t", "device_id": "d"}).decode())
+        first, second = orjson.loads(await client.recv()), orjson.loads(await client.recv())
+        assert (first["type"], second["type"], second["text"]) == ("ready", "message", "early")

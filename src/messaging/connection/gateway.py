@@ -179,24 +179,27 @@ class Gateway:
             websocket.send_text,
             now=self._monotonic(),
         )
-        self._local.add(connection)
-        await self._routes.announce(connection.user_id)
-        try:
-            connection.push_json(
-                frames.ready(
-                    user_id=principal.user_id,
-                    device_id=principal.device_id,
-                    connection_id=connection.connection_id,
-                    server_time_ms=int(self._clock() * 1000),
-                    limits={
-                        "max_frame_bytes": self._config.max_frame_bytes,
-                        "outbound_queue_messages": self._config.outbound_queue_messages,
-                        "outbound_queue_bytes": self._config.outbound_queue_bytes,
-                        "sync_page_size": self._config.sync_page_size,
-                        "idle_timeout_ms": int(self._config.idle_timeout_seconds * 1000),
-                    },
-                )
+        # `ready` is the first frame queued, before the connection can receive live pushes
+        # (registering it and announcing its route lets fanout find it): no chat data before
+        # `ready`. A message fanned out in between is not lost: the client syncs after `ready`.
+        connection.push_json(
+            frames.ready(
+                user_id=principal.user_id,
+                device_id=principal.device_id,
+                connection_id=connection.connection_id,
+                server_time_ms=int(self._clock() * 1000),
+                limits={
+                    "max_frame_bytes": self._config.max_frame_bytes,
+                    "outbound_queue_messages": self._config.outbound_queue_messages,
+                    "outbound_queue_bytes": self._config.outbound_queue_bytes,
+                    "sync_page_size": self._config.sync_page_size,
+                    "idle_timeout_ms": int(self._config.idle_timeout_seconds * 1000),
+                },
             )
+        )
+        self._local.add(connection)
+        try:
+            await self._routes.announce(connection.user_id)
             connection.start_reader(self._read(websocket, connection))
             await connection.stopped()
         finally:
