@@ -312,16 +312,7 @@ class Gateway:
                 if isinstance(frame, frames.SendMessage):
                     wait = self._send_buckets.take(connection.user_id)
                     if wait > 0:
-                        self._metrics.limit_rejections.labels("sends").inc()
-                        connection.push_json(
-                            frames.error(
-                                ErrorCode.RATE_LIMITED,
-                                "too many messages; retry later",
-                                retriable=True,
-                                ref=_ref(frame),
-                                retry_after_ms=_ms(wait),
-                            )
-                        )
+                        self._rate_limited(connection, "sends", "messages", _ref(frame), wait)
                         continue
                 commands = connection.commands
                 if commands is None:
@@ -331,7 +322,7 @@ class Gateway:
                 if not commands.put(frame):
                     connection.push_json(
                         frames.error(
-                            "rate_limited",
+                            ErrorCode.RATE_LIMITED,
                             "too many frames in flight; wait for answers",
                             retriable=True,
                             ref=_ref(frame),
@@ -382,16 +373,7 @@ class Gateway:
         """One sync request, in its turn on the connection's sync lane."""
         request, wait = item
         if wait > 0:
-            self._metrics.limit_rejections.labels("syncs").inc()
-            connection.push_json(
-                frames.error(
-                    ErrorCode.RATE_LIMITED,
-                    "too many sync requests; retry later",
-                    retriable=True,
-                    ref=_sync_ref(request),
-                    retry_after_ms=_ms(wait),
-                )
-            )
+            self._rate_limited(connection, "syncs", "sync requests", _sync_ref(request), wait)
             return
         self._metrics.sync_requests.inc()
         try:
@@ -430,6 +412,21 @@ class Gateway:
                         ref={"sync": True, "chat_id": chat_id},
                     )
                 )
+
+    def _rate_limited(
+        self, connection: Connection, limit: str, what: str, ref: dict[str, object], wait: float
+    ) -> None:
+        """Answer a frame refused by the ``limit`` token bucket, and count it (ADR 0010)."""
+        self._metrics.limit_rejections.labels(limit).inc()
+        connection.push_json(
+            frames.error(
+                ErrorCode.RATE_LIMITED,
+                f"too many {what}; retry later",
+                retriable=True,
+                ref=ref,
+                retry_after_ms=_ms(wait),
+            )
+        )
 
     async def _paced(self, connection: Connection, frame: dict[str, object]) -> None:
         if connection.state is not State.LIVE:
