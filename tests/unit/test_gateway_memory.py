@@ -323,6 +323,21 @@ class Nothing:
         raise AssertionError("no send")
 
 
+def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
+    """A Starlette app with only the gateway, every port of which ``fakes`` plays."""
+    gateway = Gateway(
+        tokens=Tokens(),
+        sessions=fakes,
+        ingest=cast(MessageIngest, fakes),
+        reader=cast(ConversationReader, fakes),
+        routes=fakes,
+        local=local,
+        config=GatewayConfig(),
+        metrics=Metrics(),
+    )
+    return Starlette(routes=[WebSocketRoute("/ws", gateway.handle)])
+
+
 @contextlib.asynccontextmanager
 async def serving(
     app: Any, protocol: type[asyncio.Protocol] = LeanWebSocketProtocol
@@ -390,18 +405,7 @@ async def test_an_idle_socket_costs_the_gateway_a_few_kilobytes() -> None:
     two queues and three events per socket (the gateway before the redesign, measured the same
     way), 5.4 KB now. The bound leaves room for noise, not for a task or a queue per socket."""
     local = LocalConnections(Metrics())
-    nothing = Nothing()
-    gateway = Gateway(
-        tokens=Tokens(),
-        sessions=nothing,
-        ingest=cast(MessageIngest, nothing),
-        reader=cast(ConversationReader, nothing),
-        routes=nothing,
-        local=local,
-        config=GatewayConfig(),
-        metrics=Metrics(),
-    )
-    app = Starlette(routes=[WebSocketRoute("/ws", gateway.handle)])
+    app = gateway_app(Nothing(), local)
     count = 100
 
     async def open_one(url: str, i: int) -> ClientConnection:
@@ -459,18 +463,7 @@ class RacingRoutes(Nothing):
 
 async def test_ready_is_the_first_frame_even_when_fanout_races_the_registration() -> None:
     local = LocalConnections(Metrics())
-    routes = RacingRoutes(local)
-    gateway = Gateway(
-        tokens=Tokens(),
-        sessions=routes,
-        ingest=cast(MessageIngest, routes),
-        reader=cast(ConversationReader, routes),
-        routes=routes,
-        local=local,
-        config=GatewayConfig(),
-        metrics=Metrics(),
-    )
-    app = Starlette(routes=[WebSocketRoute("/ws", gateway.handle)])
+    app = gateway_app(RacingRoutes(local), local)
     async with serving(app) as (url, _), connect(url, compression=None) as client:
         await client.send(orjson.dumps({"type": "auth", "token": "t", "device_id": "d"}).decode())
         first, second = orjson.loads(await client.recv()), orjson.loads(await client.recv())
