@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from messaging.settings import Settings, SettingsError, from_env
@@ -131,14 +132,20 @@ def _db_init(settings: Settings) -> int:
     from messaging.infra.dynamodb import open_client
     from messaging.infra.schema import ensure_tables
 
+    def progress(line: str) -> None:
+        if not line.startswith("table "):  # "table X exists" on every later run: not news
+            print(line, flush=True)
+
     async def run() -> list[str]:
         async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
-            return await ensure_tables(client, settings.table_prefix, progress=print)
+            return await ensure_tables(client, settings.table_prefix, progress=progress)
 
+    started = time.monotonic()
     try:
         created = asyncio.run(run())
     except Exception as exc:
         print(f"messaging db init: {exc}", file=sys.stderr)
         return 1
-    print(f"db init: {len(created)} table(s) created; all tables ready")
+    elapsed = time.monotonic() - started
+    print(f"== tables: {len(created)} created, all ready ({elapsed:.1f}s)", flush=True)
     return 0

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from importlib import resources
@@ -28,6 +30,7 @@ Say = Callable[[str], None]
 
 KAFKA_VERSION = "4.1.1"
 DYNOXIDE_VERSION = "3.2.0"
+DYNOXIDE_MIN_RUST = "1.88"  # dynoxide-rs 3.2.0's rust-version
 
 
 def cache_root() -> Path:
@@ -52,7 +55,59 @@ class Service(Protocol):
         ...
 
 
-def _run_streaming(argv: list[str], say: Say, *, what: str, cwd: Path | None = None) -> None:
+@attrs.define
+class Fold:
+    """A build tool's chatter folded into a count: lines matching ``counted`` are counted and
+    shown as one line every ``every`` of them; other lines are shown only when they match
+    ``shown`` (warnings, errors, the end). The full output stays in the error on failure."""
+
+    label: str
+    counted: re.Pattern[str]
+    shown: re.Pattern[str]
+    every: int
+    count: int = 0
+    started: float = attrs.field(factory=time.monotonic)
+
+    def feed(self, line: str) -> str | None:
+        if self.counted.search(line):
+            self.count += 1
+            return self.progress() if self.count % self.every == 0 else None
+        return line if self.shown.search(line) else None
+
+    def progress(self) -> str:
+        return f"  {self.count} {self.label} ({time.monotonic() - self.started:.0f}s)"
+
+
+def maven_fold() -> Fold:
+    """Maven -B prints two lines per file it fetches (hundreds on a first run)."""
+    return Fold(
+        "files fetched from Maven Central",
+        counted=re.compile(r"^Downloaded from \S+: "),
+        shown=re.compile(r"^\[(WARNING|ERROR)\]|BUILD (SUCCESS|FAILURE)"),
+        every=100,
+    )
+
+
+def cargo_fold() -> Fold:
+    """cargo prints one line per crate downloaded and one per crate compiled."""
+    return Fold(
+        "crates compiled",
+        counted=re.compile(r"^\s*Compiling \S+ v"),
+        shown=re.compile(r"^\s*(error\b|Finished |Installed |Replaced )"),
+        every=25,
+    )
+
+
+def stage(say: Say, name: str, started: float) -> None:
+    """One line per first-run stage with its elapsed time (README, "First run")."""
+    elapsed = time.monotonic() - started
+    minutes, seconds = divmod(round(elapsed), 60)
+    say(f"== {name}: {f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'}")
+
+
+def _run_streaming(
+    argv: list[str], say: Say, *, what: str, fold: Fold, cwd: Path | None = None
+) -> None:
     say(f"{what}: {' '.join(argv)}")
     proc = subprocess.Popen(
         argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -62,8 +117,11 @@ def _run_streaming(argv: list[str], say: Say, *, what: str, cwd: Path | None = N
     for line in proc.stdout:
         line = line.rstrip()
         tail = [*tail[-30:], line]
-        if line:
-            say(f"  {line}")
+        shown = fold.feed(line) if line else None
+        if shown is not None:
+            say(shown)
+    if fold.count % fold.every:
+        say(fold.progress())
     if proc.wait() != 0:
         raise StackError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
 
@@ -102,9 +160,11 @@ class Kafka:
             return
         mvn = _require("mvn", "install Maven (apt-get install -y maven)")
         pom = resources.files("messaging.devstack").joinpath("kafka-pom.xml")
+        started = time.monotonic()
         with resources.as_file(pom) as pom_path:
             say(
-                f"kafka: resolving Apache Kafka {KAFKA_VERSION} from Maven Central (first run only)"
+                f"== kafka fetch: Apache Kafka {KAFKA_VERSION}'s jars from Maven Central "
+                "(first run only)"
             )
             _run_streaming(
                 [
@@ -118,8 +178,10 @@ class Kafka:
                 ],
                 say,
                 what="maven",
+                fold=maven_fold(),
             )
         marker.write_text(KAFKA_VERSION + "\n")
+        stage(say, "kafka fetch", started)
 
     def ports(self) -> list[tuple[int, str]]:
         return [
@@ -277,7 +339,11 @@ class DynamoEmulator:
         if self._dynoxide().exists():
             return
         cargo = _require("cargo", "install Rust (rustup) to build the dynoxide DynamoDB emulator")
-        say(f"dynamodb: building dynoxide {DYNOXIDE_VERSION} with cargo (first run only, ~2 min)")
+        started = time.monotonic()
+        say(
+            f"== dynoxide build: dynoxide {DYNOXIDE_VERSION} with cargo "
+            "(first run only; about 4 min on 2 cores)"
+        )
         _run_streaming(
             [
                 cargo,
@@ -294,7 +360,9 @@ class DynamoEmulator:
             ],
             say,
             what="cargo",
+            fold=cargo_fold(),
         )
+        stage(say, "dynoxide build", started)
 
     def start(self) -> None:
         port = self.settings.stack_dynamodb_port

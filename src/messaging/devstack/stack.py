@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from messaging.devstack.process import ManagedProcess, StackError, ensure_port_free
-from messaging.devstack.services import DynamoEmulator, Kafka, Redis, Say, Service
+from messaging.devstack.services import DynamoEmulator, Kafka, Redis, Say, Service, stage
 from messaging.settings import Settings
 
 READY_TIMEOUT_SECONDS = 120.0
@@ -67,6 +67,7 @@ def up(settings: Settings, say: Say = print) -> None:
     for service in todo:
         for port, setting in service.ports():
             ensure_port_free(port, setting)
+    started = time.monotonic()
     for service in todo:
         say(f"{service.name}: starting on {service.address()}")
         service.start()
@@ -77,6 +78,8 @@ def up(settings: Settings, say: Say = print) -> None:
             created = service.create_topics()
             if created:
                 say(f"kafka: created topics {', '.join(created)}")
+    if todo:
+        stage(say, "stack start", started)
     say(f"stack up; state and logs in {settings.stack_dir.resolve()}")
 
 
