@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help prereqs venv run test stack-up stack-down stack-status lint typecheck unit lock clean
+.PHONY: help prereqs venv run test stack-up stack-down stack-status doctor lint typecheck unit lock clean
 
 help:
 	@echo "make run    - install missing system packages, venv, local stack up, db init, serve on http://127.0.0.1:8000"
 	@echo "make test   - the same (plus Chromium), then lint-imports, ruff, mypy, hadolint, pip-audit and pytest"
 	@echo "make stack-down - stop Kafka, the DynamoDB API emulator and Redis"
+	@echo "make doctor - what is installed, which ports are taken and by whom, caches and logs"
 
 # The system packages (apt-get as root or with sudo -n; else it prints the command and stops).
 # `make test` also needs Chromium and an emoji font: its prerequisites see PREREQS=test.
@@ -39,6 +40,9 @@ stack-down:
 
 stack-status: venv
 	$(BIN)/messaging stack status
+
+doctor: venv
+	@$(BIN)/messaging doctor
 
 run: stack-up
 	@$(BIN)/messaging db init

@@ -1,4 +1,4 @@
-"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``.
+"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``, ``doctor``.
 
 Settings are read and validated once, here, before anything starts; a bad value ends the
 command with exit code 2 and a message naming the variable.
@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     db_cmds = db.add_subparsers(dest="db_command", required=True)
     db_cmds.add_parser("init", help="create missing tables (idempotent; same code as on AWS)")
 
+    doctor = commands.add_parser(
+        "doctor", help="what is installed, which ports are taken and by whom, caches and logs"
+    )
+    doctor.add_argument("--strict", action="store_true", help="exit 1 when something is wrong")
+
     from messaging.bench import command as bench
 
     bench.configure(commands.add_parser("bench", help="load scenarios and baselines"))
@@ -58,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stack(settings, args)
     if args.command == "db":
         return _db_init(settings)
+    if args.command == "doctor":
+        from messaging.devstack import doctor
+
+        return doctor.run(settings, strict=args.strict)
     if args.command == "bench":
         from messaging.bench import command as bench
 
