@@ -22,7 +22,7 @@ prereqs:
 
 # First run only: pip prints its own progress; the stage line says how long it took.
 $(BIN)/.installed: pyproject.toml constraints.txt
-	@echo "== venv and install: $(VENV) (first run only)"
+	@echo "== venv and install: $(VENV) (first run, and after pyproject.toml or constraints.txt change)"
 	@start=$$SECONDS; \
 	python3 -m venv $(VENV) \
 	&& $(BIN)/pip install --upgrade pip \

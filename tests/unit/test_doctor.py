@@ -86,8 +86,8 @@ def test_maven_fold_counts_downloads_and_shows_warnings() -> None:
     fold = services.maven_fold()
     fold.every = 2
     lines = [
-        "Downloading from central: https://repo.maven.apache.org/maven2/a/b/1/b-1.pom",
-        "Downloaded from central: https://repo.maven.apache.org/maven2/a/b/1/b-1.pom (2 kB)",
+        "[INFO] Downloading from central: https://repo.maven.apache.org/maven2/a/b/1/b-1.pom",
+        "[INFO] Downloaded from central: https://repo.maven.apache.org/maven2/a/b/1/b-1.pom (2 kB)",
         "[INFO] Copying kafka-clients-4.1.1.jar to /cache/libs/kafka-clients-4.1.1.jar",
         "Downloaded from central: https://repo.maven.apache.org/maven2/a/c/1/c-1.jar (9 kB)",
         "[WARNING] something worth reading",

@@ -82,7 +82,7 @@ def maven_fold() -> Fold:
     """Maven -B prints two lines per file it fetches (hundreds on a first run)."""
     return Fold(
         "files fetched from Maven Central",
-        counted=re.compile(r"^Downloaded from \S+: "),
+        counted=re.compile(r"^(\[INFO\] )?Downloaded from \S+: "),
         shown=re.compile(r"^\[(WARNING|ERROR)\]|BUILD (SUCCESS|FAILURE)"),
         every=100,
     )
@@ -342,7 +342,7 @@ class DynamoEmulator:
         started = time.monotonic()
         say(
             f"== dynoxide build: dynoxide {DYNOXIDE_VERSION} with cargo "
-            "(first run only; about 4 min on 2 cores)"
+            "(first run only; 2 to 4 min on 2 cores)"
         )
         _run_streaming(
             [
