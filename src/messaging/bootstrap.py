@@ -53,7 +53,7 @@ from messaging.identity.adapters.senders import DevOtpSender, LogOnlySender
 from messaging.identity.otp import OtpCodes, derive_otp_key
 from messaging.identity.service import IdentityConfig, IdentityService
 from messaging.identity.tokens import JwtTokens
-from messaging.infra.dynamodb import DynamoHealth, Retrier, open_client
+from messaging.infra.dynamodb import DynamoHealth, Retrier, open_dynamo
 from messaging.infra.kafka import KafkaHealth, open_consumer, open_producer
 from messaging.infra.redis import RedisHealth, open_redis
 from messaging.metrics import Metrics
@@ -153,9 +153,10 @@ async def build_runtime(
 ) -> AsyncIterator[Runtime]:
     async with AsyncExitStack() as stack:
         dynamodb = await stack.enter_async_context(
-            open_client(
+            open_dynamo(
                 settings.dynamodb_endpoint,
                 settings.aws_region,
+                client=settings.dynamodb_client,
                 timeout_seconds=settings.dynamodb_deadline_seconds,
             )
         )

@@ -138,7 +138,7 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _db_init(settings: Settings) -> int:
-    from messaging.infra.dynamodb import open_client
+    from messaging.infra.dynamodb import open_dynamo
     from messaging.infra.schema import ensure_tables
 
     def progress(line: str) -> None:
@@ -146,7 +146,9 @@ def _db_init(settings: Settings) -> int:
             print(line, flush=True)
 
     async def run() -> list[str]:
-        async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
+        async with open_dynamo(
+            settings.dynamodb_endpoint, settings.aws_region, client=settings.dynamodb_client
+        ) as client:
             return await ensure_tables(client, settings.table_prefix, progress=progress)
 
     started = time.monotonic()

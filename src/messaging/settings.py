@@ -17,6 +17,7 @@ import attrs
 
 Environment = Literal["dev", "test", "production"]
 DynamoEmulator = Literal["dynoxide", "moto"]
+DynamoClientKind = Literal["lean", "aioboto3"]
 OtpSenderName = Literal["dev", "log-only"]
 
 PREFIX = "MESSAGING_"
@@ -44,6 +45,9 @@ class Settings:
     aws_region: str = "us-east-1"
     table_prefix: str = "messaging-"
     dynamodb_deadline_seconds: float = 5.0
+    dynamodb_client: DynamoClientKind = "lean"
+    """How DynamoDB calls are made (ADR 0023): ``lean`` (signed JSON over aiohttp) or
+    ``aioboto3`` (the SDK, the reference transport)."""
 
     # Kafka
     kafka_bootstrap: str = "127.0.0.1:9092"
@@ -204,6 +208,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "aws_region": _parse_nonempty,
     "table_prefix": _parse_str,
     "dynamodb_deadline_seconds": _parse_float(0.1, 300.0),
+    "dynamodb_client": _parse_choice("lean", "aioboto3"),
     "kafka_bootstrap": _parse_nonempty,
     "kafka_messages_topic": _parse_nonempty,
     "kafka_messages_partitions": _parse_int(1, 1024),

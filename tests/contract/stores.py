@@ -1,5 +1,6 @@
 """Building a ``MessageStore`` for each contract target: the fake, and each DynamoDB emulator
-with fresh tables created by the project's own ``ensure_tables``."""
+through each transport (``lean`` and the reference ``aioboto3``, ADR 0023) with fresh tables
+created by the project's own ``ensure_tables``. A target is ``<emulator>-<transport>``."""
 
 from __future__ import annotations
 
@@ -12,18 +13,28 @@ import pytest
 
 from messaging.durability.adapters.dynamodb_store import DynamoMessageStore, DynamoOutbox
 from messaging.durability.ports import MessageStore, Outbox
-from messaging.infra.dynamodb import Retrier, open_client
+from messaging.infra.dynamodb import CLIENT_KINDS, ClientKind, Retrier, open_dynamo
 from messaging.infra.schema import ensure_tables
 from tests.fakes.durability import InMemoryMessageStore, InMemoryOutbox
 
-TARGETS = ["fake", "dynoxide", "moto"]
+EMULATORS = ["dynoxide", "moto"]
+TARGETS = ["fake", *(f"{e}-{kind}" for e in EMULATORS for kind in CLIENT_KINDS)]
 ENDPOINT_ENV = {
     "dynoxide": "MESSAGING_TEST_DYNOXIDE_ENDPOINT",
     "moto": "MESSAGING_TEST_MOTO_ENDPOINT",
 }
 
 
+def split_target(target: str) -> tuple[str, ClientKind]:
+    """``"moto-lean"`` -> ``("moto", "lean")``."""
+    emulator, _, kind = target.partition("-")
+    assert kind in CLIENT_KINDS, target
+    return emulator, kind  # type: ignore[return-value]
+
+
 def endpoint_for(target: str) -> str:
+    """The endpoint of an emulator (``"dynoxide"``) or of a target (``"dynoxide-lean"``)."""
+    target = target.partition("-")[0]
     endpoint = os.environ.get(ENDPOINT_ENV[target], "")
     if not endpoint:
         pytest.fail(f"{ENDPOINT_ENV[target]} is not set: tests/conftest.py starts the emulators")
@@ -43,7 +54,8 @@ async def open_store_and_outbox(target: str) -> AsyncIterator[tuple[MessageStore
         yield store, InMemoryOutbox(store)
         return
     prefix = f"c{uuid.uuid4().hex[:8]}-"
-    async with open_client(endpoint_for(target), "us-east-1") as client:
+    emulator, kind = split_target(target)
+    async with open_dynamo(endpoint_for(emulator), "us-east-1", client=kind) as client:
         await ensure_tables(client, prefix)
         retrier = Retrier(10.0)
         yield DynamoMessageStore(client, prefix, retrier), DynamoOutbox(client, prefix, retrier)

@@ -2,7 +2,8 @@
 
 Time passes through each target's own ``elapse``: the fake clock moves, Redis really waits (the
 TTLs in this suite are a fraction of a second). DynamoDB targets are the stack's emulator and,
-when the session started one (``MESSAGING_TEST_MOTO_ENDPOINT``), moto as well.
+when the session started one (``MESSAGING_TEST_MOTO_ENDPOINT``), moto as well, each through both
+transports (``<emulator>-lean`` and ``<emulator>-aioboto3``, ADR 0023).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from messaging.identity.ports import (
     RateLimiter,
     UserDirectory,
 )
-from messaging.infra.dynamodb import DynamoDBClient, Retrier, open_client
+from messaging.infra.dynamodb import CLIENT_KINDS, DynamoClient, Retrier, open_dynamo
 from messaging.infra.redis import open_redis
 from messaging.infra.schema import DEVICES, PHONE_NUMBERS, USERS, ensure_tables
 from messaging.settings import Settings
@@ -85,26 +86,28 @@ async def redis_client(base_settings: Settings) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture(scope="session")
-async def dynamodb_clients(base_settings: Settings) -> AsyncIterator[dict[str, DynamoDBClient]]:
+async def dynamodb_clients(base_settings: Settings) -> AsyncIterator[dict[str, DynamoClient]]:
     endpoints = {"dynamodb": base_settings.dynamodb_endpoint}
     if os.environ.get(MOTO_ENV):
         endpoints["moto"] = os.environ[MOTO_ENV]
     async with AsyncExitStack() as stack:
-        clients: dict[str, DynamoDBClient] = {}
+        clients: dict[str, DynamoClient] = {}
         for name, endpoint in endpoints.items():
-            client = await stack.enter_async_context(
-                open_client(endpoint, base_settings.aws_region)
-            )
-            async with asyncio.timeout(120):
-                await ensure_tables(
-                    client, base_settings.table_prefix, (USERS, PHONE_NUMBERS, DEVICES)
+            for kind in CLIENT_KINDS:
+                client = await stack.enter_async_context(
+                    open_dynamo(endpoint, base_settings.aws_region, client=kind)
                 )
-            clients[name] = client
+                async with asyncio.timeout(120):
+                    await ensure_tables(
+                        client, base_settings.table_prefix, (USERS, PHONE_NUMBERS, DEVICES)
+                    )
+                clients[f"{name}-{kind}"] = client
         yield clients
 
 
 def _dynamo_targets() -> list[str]:
-    return ["memory", "dynamodb", *(["moto"] if os.environ.get(MOTO_ENV) else [])]
+    emulators = ["dynamodb", *(["moto"] if os.environ.get(MOTO_ENV) else [])]
+    return ["memory", *(f"{e}-{kind}" for e in emulators for kind in CLIENT_KINDS)]
 
 
 # ------------------------------------------------------------------------------ OtpStore

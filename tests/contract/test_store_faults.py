@@ -1,63 +1,95 @@
-"""DynamoDB failures injected into the real client (dynoxide and moto): throttling and 5xx
-before a call, and timeouts *after* a call committed (the ambiguous case). Sends either succeed
-or fail with a retriable error; nothing is ever half-written; retrying a failed send stores it
-exactly once, with its original sequence if the failed attempt had in fact committed."""
+"""DynamoDB failures injected into the real client (dynoxide and moto, through each transport:
+``lean`` and ``aioboto3``): throttling and 5xx before a call, and timeouts *after* a call
+committed (the ambiguous case). Each injected failure is made by the transport's own translation
+from what it would have met (an error document, a ``ClientError``, a timeout). Sends either
+succeed or fail with a retriable error; nothing is ever half-written; retrying a failed send
+stores it exactly once, with its original sequence if the failed attempt had in fact committed.
+A refusal no retry can fix becomes a permanent domain error, never a transport exception."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import uuid
-from typing import Any
 
+import orjson
 import pytest
 from botocore.exceptions import ClientError, ReadTimeoutError
 
-from messaging.domain.errors import Unavailable
+from messaging.domain.errors import MessagingError, Unavailable
 from messaging.domain.ids import new_group_id, new_user_id
 from messaging.domain.model import Chat, ChatKind, Membership
 from messaging.durability.adapters.dynamodb_store import DynamoMessageStore, DynamoOutbox
 from messaging.durability.config import DurabilityConfig
 from messaging.durability.ingest import IngestService
-from messaging.infra.dynamodb import Retrier, open_client
+from messaging.infra.dynamo_http import error_from_answer
+from messaging.infra.dynamodb import (
+    ClientKind,
+    DynamoClient,
+    DynamoError,
+    Json,
+    Retrier,
+    from_client_error,
+    open_dynamo,
+    unanswered,
+)
 from messaging.infra.schema import ensure_tables
-from tests.contract.stores import endpoint_for
+from tests.contract.stores import EMULATORS, TARGETS, endpoint_for, split_target
 
-FAULTY = {"transact_write_items", "get_item", "query"}
+FAULTY = {"TransactWriteItems", "GetItem", "Query"}
+DYNAMO_TARGETS = [t for t in TARGETS if t != "fake"]
 
 
-class FlakyClient:
-    """Proxies an aiobotocore client; chosen operations fail at random, before or after."""
+def refusal(kind: str, operation: str, code: str, status: int) -> DynamoError:
+    """The error ``kind``'s transport makes of a refusal ``code`` with HTTP ``status``."""
+    if kind == "lean":
+        document = {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": "injected"}
+        return error_from_answer(status, orjson.dumps(document))
+    return from_client_error(
+        ClientError(
+            {
+                "Error": {"Code": code, "Message": "injected"},
+                "ResponseMetadata": {"HTTPStatusCode": status},
+            },
+            operation,
+        )
+    )
 
-    def __init__(self, client: Any, rng: random.Random, rate: float) -> None:
+
+def timeout(kind: str) -> DynamoError:
+    """The error ``kind``'s transport makes of an answer that never came."""
+    return unanswered(TimeoutError() if kind == "lean" else ReadTimeoutError(endpoint_url="x"))
+
+
+class FlakyClient(DynamoClient):
+    """Wraps a transport; chosen operations fail at random, before or after the real call."""
+
+    def __init__(self, client: DynamoClient, kind: str, rng: random.Random, rate: float) -> None:
         self._client = client
+        self._kind = kind
         self._rng = rng
         self.rate = rate
+        self.refuse_with: tuple[str, int] | None = None
         self.failures: dict[str, int] = {"before": 0, "after": 0}
 
-    def __getattr__(self, name: str) -> Any:
-        real = getattr(self._client, name)
-        if name not in FAULTY:
-            return real
-
-        async def flaky(**kwargs: Any) -> Any:
-            roll = self._rng.random()
-            if roll < self.rate / 2:
-                self.failures["before"] += 1
-                code, status = self._rng.choice(
-                    [("ThrottlingException", 400), ("InternalServerError", 500)]
-                )
-                raise ClientError(
-                    {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                    name,
-                )
-            result = await real(**kwargs)
-            if roll < self.rate:
-                self.failures["after"] += 1
-                raise ReadTimeoutError(endpoint_url="injected")
-            return result
-
-        return flaky
+    async def call(self, operation: str, request: Json) -> Json:
+        if operation not in FAULTY:
+            return await self._client.call(operation, request)
+        if self.refuse_with is not None and operation == "TransactWriteItems":
+            raise refusal(self._kind, operation, *self.refuse_with)
+        roll = self._rng.random()
+        if roll < self.rate / 2:
+            self.failures["before"] += 1
+            code, status = self._rng.choice(
+                [("ThrottlingException", 400), ("InternalServerError", 500)]
+            )
+            raise refusal(self._kind, operation, code, status)
+        result = await self._client.call(operation, request)
+        if roll < self.rate:
+            self.failures["after"] += 1
+            raise timeout(self._kind)
+        return result
 
 
 async def new_chat(store: DynamoMessageStore, *members: str) -> str:
@@ -74,16 +106,17 @@ async def new_chat(store: DynamoMessageStore, *members: str) -> str:
     return chat.chat_id
 
 
-@pytest.mark.parametrize("target", ["dynoxide", "moto"])
+@pytest.mark.parametrize("target", DYNAMO_TARGETS)
 async def test_injected_failures_never_half_write(target: str) -> None:
     rng = random.Random(7)
     prefix = f"f{uuid.uuid4().hex[:8]}-"
-    async with open_client(endpoint_for(target), "us-east-1") as client:
+    emulator, kind = split_target(target)
+    async with open_dynamo(endpoint_for(emulator), "us-east-1", client=kind) as client:
         await ensure_tables(client, prefix)
         clean = DynamoMessageStore(client, prefix, Retrier(10.0))
-        flaky_client = FlakyClient(client, rng, rate=0.4)
+        flaky_client = FlakyClient(client, kind, rng, rate=0.4)
         flaky = DynamoMessageStore(
-            flaky_client,  # type: ignore[arg-type]
+            flaky_client,
             prefix,
             # No time for retries: every injected failure reaches the caller, whatever the
             # machine's load (the retry loop itself is covered by tests/unit/test_retrier.py).
@@ -141,16 +174,17 @@ async def test_injected_failures_never_half_write(target: str) -> None:
             ), "every message has its outbox entry, and only messages have one"
 
 
-@pytest.mark.parametrize("target", ["dynoxide"])
+@pytest.mark.parametrize("target", [f"{EMULATORS[0]}-{kind}" for kind in ("lean", "aioboto3")])
 async def test_a_store_that_is_down_gives_a_clear_retriable_error(target: str) -> None:
     prefix = f"f{uuid.uuid4().hex[:8]}-"
-    async with open_client(endpoint_for(target), "us-east-1") as client:
+    emulator, kind = split_target(target)
+    async with open_dynamo(endpoint_for(emulator), "us-east-1", client=kind) as client:
         await ensure_tables(client, prefix)
         clean = DynamoMessageStore(client, prefix, Retrier(10.0))
         alice = new_user_id()
         chat_id = await new_chat(clean, alice)
-        down = FlakyClient(client, random.Random(1), rate=2.0)  # every call fails before
-        store = DynamoMessageStore(down, prefix, Retrier(0.3, base_delay=0.01))  # type: ignore[arg-type]
+        down = FlakyClient(client, kind, random.Random(1), rate=2.0)  # every call fails before
+        store = DynamoMessageStore(down, prefix, Retrier(0.3, base_delay=0.01))
         with pytest.raises(Unavailable, match="retry") as info:
             await IngestService(store, DurabilityConfig()).send(
                 sender_id=alice, sender_device="d", chat_id=chat_id, client_message_id="x", text="x"
@@ -158,3 +192,44 @@ async def test_a_store_that_is_down_gives_a_clear_retriable_error(target: str) -
         assert info.value.retriable
         assert info.value.code == "store_unavailable"
         assert await clean.read_messages(chat_id, 1, 10, limit=10) == []
+
+
+@pytest.mark.parametrize("target", [f"{EMULATORS[0]}-{kind}" for kind in ("lean", "aioboto3")])
+async def test_a_refusal_no_retry_can_fix_is_a_permanent_domain_error(target: str) -> None:
+    """One odd send (say a ValidationException) is answered with an error frame: a permanent
+    ``MessagingError``, not a transport exception that would close the socket."""
+    prefix = f"f{uuid.uuid4().hex[:8]}-"
+    emulator, kind = split_target(target)
+    async with open_dynamo(endpoint_for(emulator), "us-east-1", client=kind) as client:
+        await ensure_tables(client, prefix)
+        clean = DynamoMessageStore(client, prefix, Retrier(10.0))
+        alice = new_user_id()
+        chat_id = await new_chat(clean, alice)
+        odd = FlakyClient(client, kind, random.Random(1), rate=0.0)
+        odd.refuse_with = ("ValidationException", 400)
+        store = DynamoMessageStore(odd, prefix, Retrier(1.0, base_delay=0.01))
+        with pytest.raises(MessagingError) as info:
+            await IngestService(store, DurabilityConfig()).send(
+                sender_id=alice, sender_device="d", chat_id=chat_id, client_message_id="x", text="x"
+            )
+        assert type(info.value) is MessagingError
+        assert not info.value.retriable
+        assert "ValidationException" in info.value.message
+        assert isinstance(info.value.__cause__, DynamoError)
+        assert await clean.read_messages(chat_id, 1, 10, limit=10) == []
+
+
+@pytest.mark.parametrize("kind", ["lean", "aioboto3"])
+async def test_an_unreachable_store_gives_a_clear_retriable_error(kind: ClientKind) -> None:
+    """Connection refused, through the transport's real socket code: retried within the
+    deadline, then the domain's retriable ``StoreUnavailable``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens once the probe is closed
+    async with open_dynamo(f"http://127.0.0.1:{port}", "us-east-1", client=kind) as client:
+        store = DynamoMessageStore(client, "nowhere-", Retrier(0.3, base_delay=0.01))
+        with pytest.raises(Unavailable, match="retry") as info:
+            await store.get_chat("g_x")
+        assert info.value.retriable
+        assert info.value.code == "store_unavailable"
+        assert isinstance(info.value.__cause__, DynamoError)

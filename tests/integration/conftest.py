@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from messaging.devstack.services import dynamodb_probe, kafka_create_topics, kafka_probe
-from messaging.infra.dynamodb import DynamoDBClient, open_client
+from messaging.infra.dynamodb import DynamoDBClient, open_client, open_dynamo
 from messaging.infra.schema import ensure_tables
 from messaging.settings import Settings, env_var, lifted_limits_env
 from tests.harness import AppProcess
@@ -44,7 +44,7 @@ async def prepare_stack(settings: Settings) -> Settings:
     problems = [p for p in problems if p]
     if problems:
         pytest.fail("the local stack is not up (run `messaging stack up`): " + "; ".join(problems))
-    async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
+    async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
         await ensure_tables(client, settings.table_prefix)
     await kafka_create_topics(
         settings.kafka_bootstrap,

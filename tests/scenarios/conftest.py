@@ -18,7 +18,7 @@ import attrs
 import pytest
 
 from messaging.devstack.services import kafka_create_topics
-from messaging.infra.dynamodb import open_client
+from messaging.infra.dynamodb import open_dynamo
 from messaging.infra.schema import ensure_tables
 from messaging.settings import Settings
 from tests.conftest import RUN_ID
@@ -90,7 +90,7 @@ async def isolated(
         kafka_messages_topic=f"{scenario_settings.kafka_messages_topic}-iso",
         kafka_consumer_group=f"{scenario_settings.kafka_consumer_group}-iso",
     )
-    async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
+    async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
         await ensure_tables(client, settings.table_prefix)
     await kafka_create_topics(
         settings.kafka_bootstrap,

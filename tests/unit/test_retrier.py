@@ -3,17 +3,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from botocore.exceptions import ClientError
 
 from messaging.domain.errors import StoreUnavailable
-from messaging.infra.dynamodb import Retrier
+from messaging.infra.dynamodb import DynamoError, Retrier
 
 
-def client_error(code: str, status: int = 400) -> ClientError:
-    return ClientError(
-        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-        "TransactWriteItems",
-    )
+def client_error(code: str, status: int = 400) -> DynamoError:
+    return DynamoError(code, code, status=status)
 
 
 class FakeClock:
@@ -55,7 +51,7 @@ async def test_a_conditional_failure_is_not_retried() -> None:
         calls += 1
         raise client_error("ConditionalCheckFailedException")
 
-    with pytest.raises(ClientError):
+    with pytest.raises(DynamoError):
         await retrier(clock).run("put", operation)
     assert calls == 1
 

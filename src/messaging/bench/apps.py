@@ -19,7 +19,7 @@ import httpx
 
 from messaging.devstack import stack as devstack
 from messaging.devstack.services import dynamodb_probe, kafka_create_topics, kafka_probe
-from messaging.infra.dynamodb import open_client
+from messaging.infra.dynamodb import open_dynamo
 from messaging.infra.schema import ALL_TABLES, ensure_tables, table_name
 from messaging.settings import Settings, env_var, lifted_limits_env
 
@@ -197,7 +197,7 @@ async def wait_for_stack(
 
 async def prepare(settings: Settings, namespace: Namespace) -> None:
     """The run's tables (ensure_tables) and Kafka topic, on the running stack."""
-    async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
+    async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
         await ensure_tables(client, namespace.table_prefix)
     await kafka_create_topics(settings.kafka_bootstrap, {namespace.topic: namespace.partitions})
 
@@ -205,7 +205,7 @@ async def prepare(settings: Settings, namespace: Namespace) -> None:
 async def cleanup(settings: Settings, namespace: Namespace) -> list[str]:
     """Delete the run's tables and topics (best effort): the emulator's file stays small."""
     problems: list[str] = []
-    async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
+    async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
         for prefix in (namespace.table_prefix, namespace.baseline_prefix):
             for spec in ALL_TABLES:
                 try:

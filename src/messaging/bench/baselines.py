@@ -3,9 +3,11 @@
 * **DynamoDB API**: exactly the operations of one send (ADR 0004): a consistent ``GetItem`` on
   ``idempotency_keys``, then the 5-item ``TransactWriteItems`` (conditional ``ADD head``, the
   message, the idempotency record, the membership ``ConditionCheck``, the outbox entry), through
-  ``messaging.infra.dynamodb.open_client`` (aioboto3), each worker on its own chat as in the
-  ``direct`` scenario. The request shapes mirror ``DynamoMessageStore.try_append`` (adapters are
-  private to the composition root, so they are repeated here); the tables are the run's own.
+  the leanest client (``messaging.infra.dynamodb.open_dynamo``, ``lean``: signed JSON over
+  aiohttp, ADR 0023), so that it measures the store and not an SDK; each worker on its own chat
+  as in the ``direct`` scenario. The request shapes mirror ``DynamoMessageStore.try_append``
+  (adapters are private to the composition root, so they are repeated here); the tables are the
+  run's own.
   Closed loop at a concurrency, or open loop at a rate (the latency reference).
 * **Kafka**: produce -> consume through aiokafka with the app's producer and consumer settings
   (``messaging.infra.kafka``), a window of unacknowledged sends, records the size of the app's.
@@ -33,7 +35,7 @@ from messaging.bench.apps import AppProcess, Namespace
 from messaging.bench.hist import Latency
 from messaging.bench.procstat import Sampler
 from messaging.devstack.services import kafka_create_topics
-from messaging.infra.dynamodb import DynamoDBClient, open_client
+from messaging.infra.dynamodb import DynamoClient, open_dynamo
 from messaging.infra.kafka import open_consumer, open_producer
 from messaging.infra.schema import (
     CHAT_MEMBERSHIPS,
@@ -60,7 +62,7 @@ def _n(value: int) -> dict[str, str]:
 class _StoreOps:
     """One send's DynamoDB operations on the baseline tables, for one chat (one worker)."""
 
-    def __init__(self, client: DynamoDBClient, prefix: str, chat_id: str, user_id: str) -> None:
+    def __init__(self, client: DynamoClient, prefix: str, chat_id: str, user_id: str) -> None:
         self.client = client
         self.chat_id = chat_id
         self.user_id = user_id
@@ -198,7 +200,9 @@ async def dynamodb(
     prefix = namespace.baseline_prefix
     text = "x" * text_size
     tag = uuid.uuid4().hex[:8]
-    async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
+    async with open_dynamo(
+        settings.dynamodb_endpoint, settings.aws_region, client="lean"
+    ) as client:
         await ensure_tables(
             client, prefix, (CHATS, CHAT_MEMBERSHIPS, MESSAGES, OUTBOX, IDEMPOTENCY_KEYS)
         )
@@ -263,6 +267,7 @@ async def dynamodb(
         elapsed = max(time.monotonic() - began, 1e-6)
     result = {
         "mode": "closed" if rate is None else "open",
+        "client": "lean",
         "concurrency": concurrency,
         "offered_rate": rate,
         "seconds": round(elapsed, 2),

@@ -1,33 +1,48 @@
-"""The DynamoDB API client: one factory, one retry policy, one error translation.
+"""The DynamoDB API: one client interface, two transports, one retry policy, one error type.
+
+Adapters talk to :class:`DynamoClient`: DynamoDB-JSON requests in, DynamoDB-JSON answers out
+(the wire format of the DynamoDB API, ADR 0023). Two transports implement it:
+
+* ``lean`` (default): :class:`messaging.infra.dynamo_http.LeanDynamoClient`, signed POSTs over
+  one aiohttp session, JSON with orjson;
+* ``aioboto3``: :class:`Aioboto3DynamoClient`, the SDK (the reference transport), whose
+  ``ClientError`` and connection errors are translated here.
+
+Both raise only :class:`DynamoError` (code, message, cancellation reasons, ``retriable``), so no
+vendor exception reaches an adapter, let alone crosses a port.
 
 botocore's own retries are switched off (``total_max_attempts=1``: note that ``max_attempts=1``
-would still retry once and hide server errors). Retries happen here instead, with exponential
-backoff and full jitter, within a deadline; after it the caller gets
-:class:`~messaging.domain.errors.StoreUnavailable`, which is retriable. Only errors for which a
-retry is safe are retried: throttling, 5xx and connection failures. Conditional-check failures
-and transaction cancellations are the caller's to interpret.
+would still retry once and hide server errors); the lean transport never retries. Retries happen
+in :class:`Retrier` instead, with exponential backoff and full jitter, within a deadline; after it
+the caller gets :class:`~messaging.domain.errors.StoreUnavailable`, which is retriable. Only
+errors for which a retry is safe are retried: throttling, 5xx, connection failures and timeouts.
+Conditional-check failures and transaction cancellations are the caller's to interpret.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aioboto3
+import aiohttp
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
 from messaging.domain.errors import StoreUnavailable
+from messaging.infra.dynamo_api import (
+    RETRIABLE_CODES,
+    DynamoClient,
+    DynamoError,
+    Json,
+    unanswered,
+)
+from messaging.infra.dynamo_http import open_lean
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.client import DynamoDBClient as DynamoDBClient
@@ -35,47 +50,70 @@ else:
     DynamoDBClient = Any
 
 T = TypeVar("T")
-
-RETRIABLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "TransactionInProgressException",
-        "LimitExceededException",
-    }
-)
+__all__ = [
+    "RETRIABLE_CODES",
+    "Aioboto3DynamoClient",
+    "DynamoClient",
+    "DynamoError",
+    "Json",
+    "Retrier",
+    "open_client",
+    "open_dynamo",
+    "unanswered",
+]
+ClientKind = Literal["lean", "aioboto3"]
+CLIENT_KINDS: tuple[ClientKind, ...] = ("lean", "aioboto3")
 
 
 def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def is_retriable(exc: BaseException) -> bool:
-    if isinstance(exc, ClientError):
-        if error_code(exc) in RETRIABLE_CODES:
-            return True
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return bool(status and int(status) >= 500)
-    return isinstance(
-        exc,
-        EndpointConnectionError
-        | ConnectionClosedError
-        | ReadTimeoutError
-        | BotoCoreError
-        | OSError,
+def from_client_error(exc: ClientError) -> DynamoError:
+    """botocore's ``ClientError`` as a :class:`DynamoError`."""
+    response: Mapping[str, Any] = exc.response
+    error = response.get("Error", {})
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return DynamoError(
+        str(error.get("Code", "")) or f"HTTP{status}",
+        str(error.get("Message", "")),
+        status=status,
+        cancellation_reasons=response.get("CancellationReasons") or (),
+        item=response.get("Item"),
     )
+
+
+def _snake(operation: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
+
+
+class Aioboto3DynamoClient(DynamoClient):
+    """The reference transport: aiobotocore's client, its errors translated."""
+
+    def __init__(self, client: DynamoDBClient) -> None:
+        self.sdk = client
+        self._methods: dict[str, Callable[..., Awaitable[Any]]] = {}
+
+    async def call(self, operation: str, request: Json) -> Json:
+        method = self._methods.get(operation)
+        if method is None:
+            method = self._methods[operation] = getattr(self.sdk, _snake(operation))
+        try:
+            answer = await method(**request)
+        except ClientError as exc:
+            raise from_client_error(exc) from exc
+        except (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise unanswered(exc) from exc
+        return dict(answer)
 
 
 @asynccontextmanager
 async def open_client(
     endpoint: str, region: str, *, timeout_seconds: float = 5.0
 ) -> AsyncIterator[DynamoDBClient]:
-    """An aiobotocore DynamoDB client. ``endpoint=""`` means real AWS (default credential chain);
-    a local emulator endpoint gets fixed dummy credentials."""
+    """The raw aiobotocore DynamoDB client (for the conformance suite and tools that want the
+    SDK itself). ``endpoint=""`` means real AWS (default credential chain); a local emulator
+    endpoint gets fixed dummy credentials."""
     session = aioboto3.Session()
     config = Config(
         region_name=region,
@@ -92,6 +130,28 @@ async def open_client(
         )
     async with session.client("dynamodb", **kwargs) as client:
         yield client
+
+
+@asynccontextmanager
+async def open_dynamo(
+    endpoint: str,
+    region: str,
+    *,
+    client: ClientKind = "lean",
+    timeout_seconds: float = 5.0,
+    max_connections: int = 64,
+) -> AsyncIterator[DynamoClient]:
+    """A :class:`DynamoClient` over the chosen transport (``MESSAGING_DYNAMODB_CLIENT``)."""
+    if client == "aioboto3":
+        async with open_client(endpoint, region, timeout_seconds=timeout_seconds) as sdk:
+            yield Aioboto3DynamoClient(sdk)
+        return
+    if client != "lean":
+        raise ValueError(f"unknown DynamoDB client {client!r}: one of {', '.join(CLIENT_KINDS)}")
+    async with open_lean(
+        endpoint, region, timeout_seconds=timeout_seconds, max_connections=max_connections
+    ) as lean:
+        yield lean
 
 
 Observer = Callable[[str, float, str | None], None]
@@ -131,10 +191,9 @@ class Retrier:
             started = time.perf_counter()
             try:
                 result = await operation()
-            except Exception as exc:
-                code = error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
-                self._observe(what, time.perf_counter() - started, code)
-                if not is_retriable(exc):
+            except DynamoError as exc:
+                self._observe(what, time.perf_counter() - started, exc.code)
+                if not exc.retriable:
                     raise
                 attempt += 1
                 delay = self._rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
@@ -155,7 +214,7 @@ class DynamoHealth:
 
     name = "dynamodb"
 
-    def __init__(self, client: DynamoDBClient, timeout_seconds: float = 2.0) -> None:
+    def __init__(self, client: DynamoClient, timeout_seconds: float = 2.0) -> None:
         self._client = client
         self._timeout = timeout_seconds
 
@@ -164,7 +223,7 @@ class DynamoHealth:
 
 
 async def batch_get(
-    client: DynamoDBClient,
+    client: DynamoClient,
     retrier: Retrier,
     table: str,
     keys: list[dict[str, Any]],
@@ -191,7 +250,7 @@ async def batch_get(
 
 
 async def batch_write(
-    client: DynamoDBClient, retrier: Retrier, table: str, requests: list[dict[str, Any]]
+    client: DynamoClient, retrier: Retrier, table: str, requests: list[dict[str, Any]]
 ) -> None:
     """``PutRequest``/``DeleteRequest`` entries in chunks of 25, following ``UnprocessedItems``.
     Each entry is idempotent, so a retried chunk is harmless."""

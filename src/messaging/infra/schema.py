@@ -8,17 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
-from botocore.exceptions import ClientError
 
-from messaging.infra.dynamodb import error_code
-
-if TYPE_CHECKING:
-    from types_aiobotocore_dynamodb.client import DynamoDBClient
-else:
-    DynamoDBClient = Any
+from messaging.infra.dynamodb import DynamoClient, DynamoError
 
 
 @attrs.frozen
@@ -108,7 +102,7 @@ def create_table_request(prefix: str, spec: TableSpec) -> dict[str, Any]:
 
 
 async def ensure_tables(
-    client: DynamoDBClient,
+    client: DynamoClient,
     prefix: str,
     tables: Sequence[TableSpec] = ALL_TABLES,
     *,
@@ -124,8 +118,8 @@ async def ensure_tables(
             await client.create_table(**create_table_request(prefix, spec))
             created.append(name)
             progress(f"created table {name}")
-        except ClientError as exc:
-            if error_code(exc) != "ResourceInUseException":
+        except DynamoError as exc:
+            if exc.code != "ResourceInUseException":
                 raise
             progress(f"table {name} exists")
     for spec in tables:
@@ -136,7 +130,7 @@ async def ensure_tables(
     return created
 
 
-async def _wait_active(client: DynamoDBClient, name: str, wait_seconds: float) -> None:
+async def _wait_active(client: DynamoClient, name: str, wait_seconds: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_seconds
     while True:
@@ -153,7 +147,7 @@ async def _wait_active(client: DynamoDBClient, name: str, wait_seconds: float) -
         await asyncio.sleep(0.5)
 
 
-async def _ensure_ttl(client: DynamoDBClient, name: str, attribute: str) -> None:
+async def _ensure_ttl(client: DynamoClient, name: str, attribute: str) -> None:
     described = await client.describe_time_to_live(TableName=name)
     status = described.get("TimeToLiveDescription", {})
     if status.get("TimeToLiveStatus") in {"ENABLED", "ENABLING"}:

@@ -2,21 +2,23 @@
 
 Every call goes through the :class:`~messaging.infra.dynamodb.Retrier` (throttling and transient
 errors retried with backoff and jitter within a deadline). Conditional failures are outcomes, not
-errors. Reads that decide a write are strongly consistent. Attribute names in expressions are
-always placeholders (``#n``), since DynamoDB reserves hundreds of words.
+errors; any other refusal (a :class:`~messaging.infra.dynamodb.DynamoError` that is not
+retriable) becomes a permanent :class:`~messaging.domain.errors.MessagingError` here, which the
+gateway answers with an error frame: no vendor or transport exception crosses the port. Reads
+that decide a write are strongly consistent. Attribute names in expressions are always
+placeholders (``#n``), since DynamoDB reserves hundreds of words.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from botocore.exceptions import ClientError
-
+from messaging.domain.errors import MessagingError
 from messaging.domain.model import Chat, ChatKind, IdempotencyRecord, Membership, Message
 from messaging.durability.ports import AppendOutcome, OutboxEntry, RemoveOutcome
-from messaging.infra.dynamodb import DynamoDBClient, Retrier, batch_get, batch_write, error_code
+from messaging.infra.dynamodb import DynamoClient, DynamoError, Retrier, batch_get, batch_write
 from messaging.infra.schema import (
     CHAT_MEMBERSHIPS,
     CHATS,
@@ -28,6 +30,7 @@ from messaging.infra.schema import (
 )
 
 Item = dict[str, Any]
+T = TypeVar("T")
 OUTBOX_SHARDS = 4
 """Outbox entries are spread over this many partition keys (no single hot partition)."""
 
@@ -55,9 +58,21 @@ def _int(item: Item, name: str, default: int = 0) -> int:
     return int(item[name]["N"]) if name in item else default
 
 
-def _cancellation_codes(exc: ClientError) -> list[str]:
-    reasons = exc.response.get("CancellationReasons") or []
-    return [str(reason.get("Code") or "None") for reason in reasons]
+def refused(what: str, exc: DynamoError) -> MessagingError:
+    """A refusal no retry can fix (a validation error, a missing table...): permanent."""
+    return MessagingError(f"the message store refused {what}: {exc.code}")
+
+
+async def _refusing(what: str, call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except DynamoError as exc:
+        raise refused(what, exc) from exc
+
+
+async def _run(retrier: Retrier, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    """``operation`` under the retrier; a non-retriable refusal made a domain error."""
+    return await _refusing(what, retrier.run(what, operation))
 
 
 def chat_from_item(item: Item) -> Chat:
@@ -106,7 +121,7 @@ def message_from_item(item: Item) -> Message:
 
 
 class DynamoMessageStore:
-    def __init__(self, client: DynamoDBClient, table_prefix: str, retrier: Retrier) -> None:
+    def __init__(self, client: DynamoClient, table_prefix: str, retrier: Retrier) -> None:
         self._client = client
         self._retry = retrier
         self.chats = table_name(table_prefix, CHATS)
@@ -119,7 +134,8 @@ class DynamoMessageStore:
     # ------------------------------------------------------------------ chats
 
     async def get_chat(self, chat_id: str) -> Chat | None:
-        answer = await self._retry.run(
+        answer = await _run(
+            self._retry,
             "GetItem chats",
             lambda: self._client.get_item(
                 TableName=self.chats, Key={"chat_id": _s(chat_id)}, ConsistentRead=True
@@ -130,18 +146,23 @@ class DynamoMessageStore:
 
     async def get_chats(self, chat_ids: Sequence[str]) -> dict[str, Chat]:
         keys = [{"chat_id": _s(c)} for c in dict.fromkeys(chat_ids)]
-        items = await batch_get(self._client, self._retry, self.chats, keys)
+        items = await _refusing(
+            "BatchGetItem chats", batch_get(self._client, self._retry, self.chats, keys)
+        )
         return {item["chat_id"]["S"]: chat_from_item(item) for item in items}
 
     async def create_chat(self, chat: Chat, members: Sequence[Membership]) -> tuple[Chat, bool]:
         # Members first, the chat item last and conditionally: a chat becomes visible only once
         # complete. A crash in between leaves memberships of a chat that does not exist, which
         # every read skips (and a retry of a 1:1 creation completes).
-        await batch_write(
-            self._client,
-            self._retry,
-            self.memberships,
-            [{"PutRequest": {"Item": self._membership_item(m)}} for m in members],
+        await _refusing(
+            "BatchWriteItem chat_memberships",
+            batch_write(
+                self._client,
+                self._retry,
+                self.memberships,
+                [{"PutRequest": {"Item": self._membership_item(m)}} for m in members],
+            ),
         )
         item: Item = {
             "chat_id": _s(chat.chat_id),
@@ -162,9 +183,9 @@ class DynamoMessageStore:
                     ExpressionAttributeNames={"#id": "chat_id"},
                 ),
             )
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        except DynamoError as exc:
+            if exc.code != "ConditionalCheckFailedException":
+                raise refused("PutItem chats", exc) from exc
             existing = await self.get_chat(chat.chat_id)
             assert existing is not None, "a chat that failed attribute_not_exists must exist"
             return existing, False
@@ -184,7 +205,8 @@ class DynamoMessageStore:
         return item
 
     async def get_membership(self, chat_id: str, user_id: str) -> Membership | None:
-        answer = await self._retry.run(
+        answer = await _run(
+            self._retry,
             "GetItem chat_memberships",
             lambda: self._client.get_item(
                 TableName=self.memberships,
@@ -219,7 +241,8 @@ class DynamoMessageStore:
 
     async def put_membership(self, membership: Membership) -> None:
         item = self._membership_item(membership)
-        await self._retry.run(
+        await _run(
+            self._retry,
             "PutItem chat_memberships",
             lambda: self._client.put_item(TableName=self.memberships, Item=item),
         )
@@ -256,10 +279,10 @@ class DynamoMessageStore:
                     ]
                 ),
             )
-        except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            codes = _cancellation_codes(exc)
+        except DynamoError as exc:
+            if exc.code != "TransactionCanceledException":
+                raise refused("TransactWriteItems remove member", exc) from exc
+            codes = exc.cancellation_codes
             if len(codes) > 1 and codes[1] == "ConditionalCheckFailed":
                 return RemoveOutcome.NOT_A_MEMBER
             return RemoveOutcome.HEAD_MOVED
@@ -268,7 +291,8 @@ class DynamoMessageStore:
     # ------------------------------------------------------------------ messages
 
     async def get_idempotency(self, key: str) -> IdempotencyRecord | None:
-        answer = await self._retry.run(
+        answer = await _run(
+            self._retry,
             "GetItem idempotency_keys",
             lambda: self._client.get_item(
                 TableName=self.idempotency, Key={"key": _s(key)}, ConsistentRead=True
@@ -353,10 +377,10 @@ class DynamoMessageStore:
                 "TransactWriteItems append",
                 lambda: self._client.transact_write_items(TransactItems=transaction),
             )
-        except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            codes = _cancellation_codes(exc)
+        except DynamoError as exc:
+            if exc.code != "TransactionCanceledException":
+                raise refused("TransactWriteItems append", exc) from exc
+            codes = exc.cancellation_codes
             if len(codes) > 2 and codes[2] == "ConditionalCheckFailed":
                 return AppendOutcome.DUPLICATE_KEY
             if len(codes) > 3 and codes[3] == "ConditionalCheckFailed":
@@ -386,7 +410,9 @@ class DynamoMessageStore:
 
     async def get_last_acked(self, user_id: str, chat_ids: Sequence[str]) -> dict[str, int]:
         keys = [{"user_id": _s(user_id), "chat_id": _s(c)} for c in dict.fromkeys(chat_ids)]
-        items = await batch_get(self._client, self._retry, self.delivery, keys)
+        items = await _refusing(
+            "BatchGetItem delivery_state", batch_get(self._client, self._retry, self.delivery, keys)
+        )
         return {item["chat_id"]["S"]: _int(item, "last_acked_sequence") for item in items}
 
     async def advance_last_acked(self, user_id: str, chat_id: str, sequence: int) -> int:
@@ -405,10 +431,11 @@ class DynamoMessageStore:
                 ),
             )
             return _int(answer["Attributes"], "last_acked_sequence")
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
-        current = await self._retry.run(
+        except DynamoError as exc:
+            if exc.code != "ConditionalCheckFailedException":
+                raise refused("UpdateItem delivery_state", exc) from exc
+        current = await _run(
+            self._retry,
             "GetItem delivery_state",
             lambda: self._client.get_item(TableName=self.delivery, Key=key, ConsistentRead=True),
         )
@@ -421,8 +448,8 @@ class DynamoMessageStore:
         while True:
             if limit is not None:
                 request["Limit"] = limit - len(items)
-            page = await self._retry.run(
-                f"Query {request['TableName']}", lambda: self._client.query(**request)
+            page = await _run(
+                self._retry, f"Query {request['TableName']}", lambda: self._client.query(**request)
             )
             items.extend(page.get("Items", []))
             last = page.get("LastEvaluatedKey")
@@ -434,7 +461,7 @@ class DynamoMessageStore:
 class DynamoOutbox:
     """The ``outbox`` table: entries written by ``try_append``, cleared after publishing."""
 
-    def __init__(self, client: DynamoDBClient, table_prefix: str, retrier: Retrier) -> None:
+    def __init__(self, client: DynamoClient, table_prefix: str, retrier: Retrier) -> None:
         self._client = client
         self._retry = retrier
         self.table = table_name(table_prefix, OUTBOX)
@@ -453,7 +480,8 @@ class DynamoOutbox:
                 "Limit": limit,
                 "ConsistentRead": True,
             }
-            page = await self._retry.run(
+            page = await _run(
+                self._retry,
                 "Query outbox",
                 lambda request=request: self._client.query(**request),  # type: ignore[misc]
             )
@@ -464,9 +492,12 @@ class DynamoOutbox:
         return found[:limit]
 
     async def clear(self, entries: Sequence[OutboxEntry]) -> None:
-        await batch_write(
-            self._client,
-            self._retry,
-            self.table,
-            [{"DeleteRequest": {"Key": outbox_key(entry)}} for entry in entries],
+        await _refusing(
+            "BatchWriteItem outbox",
+            batch_write(
+                self._client,
+                self._retry,
+                self.table,
+                [{"DeleteRequest": {"Key": outbox_key(entry)}} for entry in entries],
+            ),
         )

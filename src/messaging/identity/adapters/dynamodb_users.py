@@ -9,7 +9,7 @@ is cancelled, reads the committed mapping (strongly consistent) and returns that
 phone never gets two users. Reads are strongly consistent: a login right after a first login on
 another app process must see it. Every call runs under the shared :class:`Retrier` (throttling,
 5xx and connection errors retried within a deadline, then ``StoreUnavailable``); any other
-DynamoDB error becomes a domain error here, never a botocore one.
+DynamoDB error becomes a domain error here, never a transport or vendor one.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from botocore.exceptions import ClientError
-
 from messaging.domain.errors import MessagingError, StoreUnavailable
-from messaging.infra.dynamodb import DynamoDBClient, Retrier, batch_get, error_code
+from messaging.infra.dynamodb import DynamoClient, DynamoError, Retrier, batch_get
 from messaging.infra.schema import DEVICES, PHONE_NUMBERS, USERS, table_name
 
 T = TypeVar("T")
@@ -32,8 +30,8 @@ async def _run(retrier: Retrier, what: str, operation: Callable[[], Awaitable[T]
     """``operation`` under the retrier, with DynamoDB's remaining errors made domain errors."""
     try:
         return await retrier.run(what, operation)
-    except ClientError as exc:
-        raise MessagingError(f"the user store refused {what}: {error_code(exc)}") from exc
+    except DynamoError as exc:
+        raise MessagingError(f"the user store refused {what}: {exc.code}") from exc
 
 
 def _ms(seconds: float) -> str:
@@ -43,7 +41,7 @@ def _ms(seconds: float) -> str:
 class DynamoUserDirectory:
     """Implements ``identity.ports.UserDirectory``."""
 
-    def __init__(self, client: DynamoDBClient, table_prefix: str, retrier: Retrier) -> None:
+    def __init__(self, client: DynamoClient, table_prefix: str, retrier: Retrier) -> None:
         self._client = client
         self._retrier = retrier
         self._phones = table_name(table_prefix, PHONE_NUMBERS)
@@ -66,10 +64,8 @@ class DynamoUserDirectory:
             items = await batch_get(
                 self._client, self._retrier, self._users, keys, projection="user_id"
             )
-        except ClientError as exc:
-            raise MessagingError(
-                f"the user store refused reading users: {error_code(exc)}"
-            ) from exc
+        except DynamoError as exc:
+            raise MessagingError(f"the user store refused reading users: {exc.code}") from exc
         return set(wanted) - {item["user_id"]["S"] for item in items}
 
     async def create(self, phone: str, user_id: str, created_at: float) -> str:
@@ -79,10 +75,10 @@ class DynamoUserDirectory:
                     "creating a user", lambda: self._put(phone, user_id, created_at)
                 )
                 return user_id
-            except ClientError as exc:
-                if error_code(exc) != "TransactionCanceledException":
+            except DynamoError as exc:
+                if exc.code != "TransactionCanceledException":
                     raise MessagingError(
-                        f"the user store refused creating a user: {error_code(exc)}"
+                        f"the user store refused creating a user: {exc.code}"
                     ) from exc
             # Cancelled: the phone has a user already (read it), or a concurrent transaction on
             # the same items had not committed yet (TransactionConflict: go again).
@@ -126,7 +122,7 @@ class DynamoUserDirectory:
 class DynamoDeviceSessions:
     """Implements ``identity.ports.DeviceSessions``: ``session_epoch`` on each devices item."""
 
-    def __init__(self, client: DynamoDBClient, table_prefix: str, retrier: Retrier) -> None:
+    def __init__(self, client: DynamoClient, table_prefix: str, retrier: Retrier) -> None:
         self._client = client
         self._retrier = retrier
         self._devices = table_name(table_prefix, DEVICES)
@@ -176,10 +172,10 @@ class DynamoDeviceSessions:
 
         try:
             await self._retrier.run("ending a device session", update)
-        except ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
+        except DynamoError as exc:
+            if exc.code == "ConditionalCheckFailedException":
                 return False
             raise MessagingError(
-                f"the user store refused ending a device session: {error_code(exc)}"
+                f"the user store refused ending a device session: {exc.code}"
             ) from exc
         return True
