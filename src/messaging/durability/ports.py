@@ -189,7 +189,7 @@ class OutboxEntry:
 
 
 class Outbox(Protocol):
-    """Messages persisted but not yet confirmed published. ``try_append`` adds the entry in the
+    """Messages persisted but not yet confirmed published. ``append_batch`` adds the entry in the
     same transaction as the message; the relay clears it once Kafka has the message."""
 
     async def pending(self, created_before_ms: int, limit: int) -> list[OutboxEntry]: ...
