@@ -6,9 +6,10 @@ background loops, and on shutdown undoes all of it in reverse order:
 
 1. (before the lifespan ends, from ``messaging serve``) stop accepting and close every socket
    with 1001 going away: :func:`drain`;
-2. stop the background loops, newest first: the gateway's idle sweep, hand-off subscriber,
-   routing refresher, fanout consumer (it finishes the batch in hand and commits its offsets),
-   outbox relay (it publishes what it holds);
+2. let each chat's group committer finish its transaction in flight and write the delivery acks
+   still coalescing (ADRs 0024, 0025); then stop the background loops, newest first: the gateway's
+   idle sweep, hand-off subscriber, routing refresher, fanout consumer (it finishes the batch in
+   hand and commits its offsets), outbox relay (it publishes what it holds);
 3. remove this process from the routing table;
 4. stop the Kafka consumer and producer, close Redis and the DynamoDB client.
 """
@@ -35,6 +36,7 @@ from messaging.connection.gateway import Gateway
 from messaging.connection.registry import LocalConnections
 from messaging.domain.limits import KeyedBuckets, Rate
 from messaging.durability import api as durability_api
+from messaging.durability.acks import DeliveryAcks
 from messaging.durability.adapters.dynamodb_store import DynamoMessageStore, DynamoOutbox
 from messaging.durability.adapters.kafka_publisher import KafkaMessagePublisher
 from messaging.durability.chats import ChatService
@@ -225,6 +227,12 @@ async def build_runtime(
         )
         ingest = IngestService(store, durability_config, sink=relay, faults=faults)
         chats = ChatService(store, users, durability_config)
+        acks = DeliveryAcks(
+            store,
+            chats.check_ack,
+            window_seconds=durability_config.ack_window_seconds,
+            pending_limit=durability_config.ack_pending_limit,
+        )
 
         # connection and fanout
         local = LocalConnections(metrics)
@@ -253,6 +261,7 @@ async def build_runtime(
             sessions=identity,
             ingest=ingest,
             reader=chats,
+            acks=acks,
             routes=routes,
             local=local,
             config=GatewayConfig(
@@ -278,6 +287,9 @@ async def build_runtime(
         background.start("routing-refresh", routes.run())
         background.start("handoff-subscriber", handoff.run_subscriber(local))
         background.start("idle-sweep", gateway.sweep_idle())
+        # Unwound first: before the relay's flush and the store client's close.
+        stack.push_async_callback(acks.close)
+        stack.push_async_callback(ingest.close)
         yield Runtime(
             checks=(
                 KafkaHealth(producer),

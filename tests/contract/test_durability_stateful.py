@@ -8,7 +8,9 @@ fires bursts of concurrent senders on both instances; after every step it checks
 - one stored message per (sender, client_message_id), with the sequence its first send got;
 - a retry answers with the original sequence and stores nothing;
 - a reused key with other content is refused and stores nothing;
-- delivery state only moves forward and never past head.
+- delivery state only moves forward and never past head;
+- group commit (ADR 0024): copies of a send inside one burst answer with one sequence, one copy
+  stored, and a non-member in the burst is refused alone.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from messaging.domain.errors import IdempotencyKeyReused
+from messaging.domain.errors import IdempotencyKeyReused, NotFound
 from messaging.domain.ids import new_user_id
+from messaging.domain.model import SendResult
 from messaging.durability.chats import ChatService
 from messaging.durability.config import DurabilityConfig
 from messaging.durability.ingest import IngestService
@@ -155,6 +158,55 @@ def machine_for(store: MessageStore, run: Any) -> type[RuleBasedStateMachine]:
             assert run(fire(1)) == sequences
             for (_, sender, cmid), sequence in zip(sends, sequences, strict=True):
                 self.expected[chat_id][(sender, cmid)] = (sequence, cmid)
+
+        @rule(
+            chat_id=chats,
+            burst=st.integers(min_value=2, max_value=10),
+            copies=st.lists(st.integers(min_value=0, max_value=19), max_size=4),
+            stranger=st.booleans(),
+        )
+        def burst_with_duplicates(
+            self, chat_id: str, burst: int, copies: list[int], stranger: bool
+        ) -> None:
+            """Group commit (ADR 0024): a burst into one chat on both processes, with copies of
+            some sends in the same burst (on the same process: one batch; or on the other) and
+            perhaps a sender who is not a member. Every copy answers with its original's
+            sequence, exactly one copy of each key is stored, the stranger alone is refused."""
+            sends = [(i % 2, self.users[i % 2], self._cmid()) for i in range(burst)]
+            for copy in copies:
+                process, sender, cmid = sends[copy % burst]
+                sends.append(((process + copy // burst) % 2, sender, cmid))
+            outsider = self.users[3]
+            is_member = run(store.get_membership(chat_id, outsider)) is not None
+            if stranger:
+                sends.insert(burst // 2, (burst % 2, outsider, self._cmid()))
+
+            async def fire() -> list[SendResult | BaseException]:
+                return await asyncio.gather(
+                    *(
+                        self.processes[process].send(
+                            sender_id=sender,
+                            sender_device="d",
+                            chat_id=chat_id,
+                            client_message_id=cmid,
+                            text=cmid,
+                        )
+                        for process, sender, cmid in sends
+                    ),
+                    return_exceptions=True,
+                )
+
+            answers: dict[tuple[str, str], list[SendResult]] = {}
+            for (_, sender, cmid), result in zip(sends, run(fire()), strict=True):
+                if sender == outsider and not is_member:
+                    assert isinstance(result, NotFound), result
+                    continue
+                assert isinstance(result, SendResult), result
+                answers.setdefault((sender, cmid), []).append(result)
+            for (sender, cmid), results in answers.items():
+                assert len({r.message.sequence for r in results}) == 1, results
+                assert sum(not r.duplicate for r in results) == 1, results
+                self.expected[chat_id][(sender, cmid)] = (results[0].message.sequence, cmid)
 
         @rule(chat_id=chats, who=st.integers(0, 1), back=st.integers(0, 3))
         def ack(self, chat_id: str, who: int, back: int) -> None:

@@ -21,7 +21,14 @@ from messaging.domain.model import (
     Message,
     idempotency_key,
 )
-from messaging.durability.ports import AppendOutcome, MessageStore, RemoveOutcome
+from messaging.durability.ports import (
+    TRANSACTION_MAX_BYTES,
+    Append,
+    AppendOutcome,
+    MessageStore,
+    RemoveOutcome,
+    transaction_items,
+)
 from tests.contract.stores import TARGETS, open_store
 
 NOW = 1_700_000_000
@@ -237,3 +244,124 @@ async def test_get_chats_reads_more_than_one_batch(store: MessageStore) -> None:
     found = await store.get_chats(wanted)
     assert set(found) == {c.chat_id for c in chats}
     assert len(await store.list_memberships_of(alice)) == 105
+
+
+# ---------------------------------------------------------------- group commit (ADR 0024)
+
+
+def batch(chat: Chat, head: int, *senders: str, text: str = "hi") -> list[Append]:
+    return [Append(*msg(chat, head + i, sender, text=text)) for i, sender in enumerate(senders, 1)]
+
+
+async def sequences(store: MessageStore, chat: Chat) -> list[int]:
+    return [m.sequence for m in await store.read_messages(chat.chat_id, 1, 500, limit=500)]
+
+
+async def test_a_batch_appends_gapless_after_the_head_in_one_step(store: MessageStore) -> None:
+    alice, bob = new_user_id(), new_user_id()
+    chat = await new_group(store, alice, bob)
+    assert await append(store, chat, 1, alice) is AppendOutcome.APPENDED
+    appends = batch(chat, 1, alice, bob, alice, bob)
+    outcome = await store.append_batch(chat.chat_id, 1, appends)
+    assert outcome.appended
+    stored = await store.get_chat(chat.chat_id)
+    assert stored is not None
+    assert stored.head == 5
+    assert stored.last_message_at_ms == appends[-1].message.created_at_ms
+    assert await sequences(store, chat) == [1, 2, 3, 4, 5]
+    for append_ in appends:
+        record = await store.get_idempotency(append_.record.key)
+        assert record is not None
+        assert record.sequence == append_.message.sequence
+
+
+async def test_a_batch_on_a_stale_head_writes_nothing(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    assert await append(store, chat, 1, alice) is AppendOutcome.APPENDED
+    appends = batch(chat, 0, alice, alice, alice)
+    outcome = await store.append_batch(chat.chat_id, 0, appends)
+    assert outcome.head_moved
+    assert not outcome.rejected
+    assert await sequences(store, chat) == [1]
+    assert all([await store.get_idempotency(a.record.key) is None for a in appends])
+
+
+async def test_a_stored_key_in_a_batch_is_named_and_nothing_is_written(
+    store: MessageStore,
+) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    assert await append(store, chat, 1, alice, cmid="same") is AppendOutcome.APPENDED
+    appends = batch(chat, 1, alice, alice, alice)
+    appends[1] = Append(*msg(chat, 3, alice, cmid="same"))
+    outcome = await store.append_batch(chat.chat_id, 1, appends)
+    assert outcome.rejected == {1: AppendOutcome.DUPLICATE_KEY}
+    assert await sequences(store, chat) == [1]
+    retry = [Append(*msg(chat, 2, alice, cmid=appends[0].record.client_message_id))]
+    assert (await store.append_batch(chat.chat_id, 1, retry)).appended
+    assert await sequences(store, chat) == [1, 2]
+
+
+async def test_a_non_member_in_a_batch_is_named_and_nothing_is_written(
+    store: MessageStore,
+) -> None:
+    alice, bob, mallory = new_user_id(), new_user_id(), new_user_id()
+    chat = await new_group(store, alice, bob)
+    appends = batch(chat, 0, alice, mallory, bob, mallory)
+    outcome = await store.append_batch(chat.chat_id, 0, appends)
+    assert outcome.rejected == {1: AppendOutcome.NOT_A_MEMBER, 3: AppendOutcome.NOT_A_MEMBER}
+    assert await sequences(store, chat) == []
+    stored = await store.get_chat(chat.chat_id)
+    assert stored is not None
+    assert stored.head == 0
+    assert (await store.append_batch(chat.chat_id, 0, batch(chat, 0, alice, bob))).appended
+    assert await sequences(store, chat) == [1, 2]
+
+
+async def test_the_largest_batch_fits_one_transaction(store: MessageStore) -> None:
+    # One sender: 1 + 3 x 32 + 1 = 98 items, each message at the 4 KiB text limit.
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    appends = batch(chat, 0, *[alice] * 32, text="x" * 4096)
+    assert transaction_items(appends) == 98
+    assert (await store.append_batch(chat.chat_id, 0, appends)).appended
+    assert await sequences(store, chat) == list(range(1, 33))
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(33, "x"), (1, "x" * (TRANSACTION_MAX_BYTES // 2))],
+    ids=["over-100-items", "over-4-MB"],
+)
+async def test_a_batch_over_the_transaction_limits_is_refused_before_writing(
+    store: MessageStore, count: int, text: str
+) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    with pytest.raises(ValueError, match="at most"):
+        await store.append_batch(chat.chat_id, 0, batch(chat, 0, *[alice] * count, text=text))
+    assert await sequences(store, chat) == []
+
+
+async def test_a_batch_must_be_consecutive_and_hold_each_key_once(store: MessageStore) -> None:
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    gap = [Append(*msg(chat, 1, alice)), Append(*msg(chat, 3, alice))]
+    with pytest.raises(ValueError, match="without a gap"):
+        await store.append_batch(chat.chat_id, 0, gap)
+    twice = [Append(*msg(chat, 1, alice, cmid="k")), Append(*msg(chat, 2, alice, cmid="k"))]
+    with pytest.raises(ValueError, match="each idempotency key once"):
+        await store.append_batch(chat.chat_id, 0, twice)
+    assert await sequences(store, chat) == []
+
+
+async def test_concurrent_batches_on_one_head_commit_exactly_one(store: MessageStore) -> None:
+    alice, bob = new_user_id(), new_user_id()
+    chat = await new_group(store, alice, bob)
+    outcomes = await asyncio.gather(
+        *(store.append_batch(chat.chat_id, 0, batch(chat, 0, alice, bob)) for _ in range(4))
+    )
+    assert sum(o.appended for o in outcomes) == 1
+    assert all(o.head_moved for o in outcomes if not o.appended)
+    assert await sequences(store, chat) == [1, 2]

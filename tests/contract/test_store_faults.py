@@ -9,9 +9,14 @@ A refusal no retry can fix becomes a permanent domain error, never a transport e
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import random
 import socket
+import time
 import uuid
+from collections import Counter
+from typing import Any
 
 import orjson
 import pytest
@@ -233,3 +238,124 @@ async def test_an_unreachable_store_gives_a_clear_retriable_error(kind: ClientKi
         assert info.value.retriable
         assert info.value.code == "store_unavailable"
         assert isinstance(info.value.__cause__, DynamoError)
+
+
+class PartitionMeter:
+    """Proxies an aiobotocore client and bills each ``TransactWriteItems`` as AWS does: two
+    write units per KB per written item, per partition key. With ``limit``, a call that would
+    take any key past ``limit`` units in the current second is throttled before it is sent
+    (``ThrottlingException``), as an AWS partition is at about 1,000 units/s (ADR 0024)."""
+
+    def __init__(
+        self, client: Any, kind: str, hash_keys: dict[str, str], limit: int | None = None
+    ) -> None:
+        self._client = client
+        self._kind = kind
+        self._hash_keys = hash_keys
+        self.limit = limit
+        self.units: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+        self.transactions = 0
+        self._second = -1
+        self._window: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._client, name)
+        if name != "transact_write_items":
+            return real
+
+        async def metered(**kwargs: Any) -> Any:
+            cost: Counter[str] = Counter()
+            for action in kwargs["TransactItems"]:
+                ((kind, body),) = action.items()
+                if kind == "ConditionCheck":  # read units, not write units
+                    continue
+                item = body.get("Item") or body["Key"]
+                table = body["TableName"]
+                partition = f"{table}:{item[self._hash_keys[table]]['S']}"
+                cost[partition] += 2 * max(1, math.ceil(len(json.dumps(item)) / 1024))
+            second = int(time.monotonic())
+            if second != self._second:
+                self._second, self._window = second, Counter()
+            over = [k for k, c in cost.items() if self.limit and self._window[k] + c > self.limit]
+            if over:
+                self.throttled.update(over)
+                raise refusal(self._kind, "TransactWriteItems", "ThrottlingException", 400)
+            self._window.update(cost)
+            self.units.update(cost)
+            self.transactions += 1
+            return await real(**kwargs)
+
+        return metered
+
+
+def metered_store(
+    client: Any, kind: str, prefix: str, limit: int | None
+) -> tuple[DynamoMessageStore, Any]:
+    plain = DynamoMessageStore(client, prefix, Retrier(10.0))
+    hash_keys = {
+        plain.chats: "chat_id",
+        plain.messages: "chat_id",
+        plain.idempotency: "key",
+        plain.outbox: "shard",
+    }
+    meter = PartitionMeter(client, kind, hash_keys, limit)
+    return DynamoMessageStore(meter, prefix, Retrier(10.0)), meter  # type: ignore[arg-type]
+
+
+async def burst(ingest: IngestService, users: list[str], chat_id: str, count: int) -> list[int]:
+    results = await asyncio.gather(
+        *(
+            ingest.send(
+                sender_id=users[i % len(users)],
+                sender_device="d",
+                chat_id=chat_id,
+                client_message_id=f"k{i}",
+                text="x" * 200,
+            )
+            for i in range(count)
+        )
+    )
+    return sorted(r.message.sequence for r in results)
+
+
+@pytest.mark.parametrize("target", [f"{e}-lean" for e in EMULATORS])
+async def test_group_commit_bills_the_chat_item_per_transaction_not_per_message(
+    target: str,
+) -> None:
+    prefix = f"f{uuid.uuid4().hex[:8]}-"
+    emulator, kind = split_target(target)
+    async with open_dynamo(endpoint_for(emulator), "us-east-1", client=kind) as client:
+        await ensure_tables(client, prefix)
+        store, meter = metered_store(client, kind, prefix, limit=None)
+        users = [new_user_id() for _ in range(8)]
+        chat_id = await new_chat(store, *users)
+        assert await burst(IngestService(store, DurabilityConfig()), users, chat_id, 48) == list(
+            range(1, 49)
+        )
+        # The messages all share the partition key chat_id: 2 units each, batched or not.
+        assert meter.units[f"{store.messages}:{chat_id}"] == 2 * 48
+        # The chat item is written once per transaction: fewer than once per message.
+        assert meter.transactions < 48
+        assert meter.units[f"{store.chats}:{chat_id}"] == 2 * meter.transactions
+
+
+@pytest.mark.parametrize("target", [f"{EMULATORS[0]}-lean"])
+async def test_an_emulated_partition_limit_throttles_a_hot_chat_and_loses_nothing(
+    target: str,
+) -> None:
+    # 50 units/s per key, scaled down from AWS's 1,000: a batch of 24 messages (48 units on the
+    # chat's messages partition) fits, 60 messages (120 units) need at least three seconds.
+    prefix = f"f{uuid.uuid4().hex[:8]}-"
+    emulator, kind = split_target(target)
+    async with open_dynamo(endpoint_for(emulator), "us-east-1", client=kind) as client:
+        await ensure_tables(client, prefix)
+        store, meter = metered_store(client, kind, prefix, limit=50)
+        users = [new_user_id() for _ in range(8)]
+        chat_id = await new_chat(store, *users)
+        ingest = IngestService(store, DurabilityConfig(append_deadline_seconds=10.0))
+        assert await burst(ingest, users, chat_id, 60) == list(range(1, 61))
+        # The hot key is the messages partition, not the chat item (ADR 0024).
+        assert meter.throttled[f"{store.messages}:{chat_id}"] > 0
+        stored = await store.read_messages(chat_id, 1, 100, limit=100)
+        assert [m.sequence for m in stored] == list(range(1, 61))

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 import attrs
 
 from messaging.domain.model import Chat, IdempotencyRecord, Membership, Message
-from messaging.durability.ports import AppendOutcome, OutboxEntry, RemoveOutcome
+from messaging.durability.ports import (
+    Append,
+    AppendOutcome,
+    BatchOutcome,
+    OutboxEntry,
+    RemoveOutcome,
+    check_batch,
+    single_outcome,
+)
 
 
 class InMemoryMessageStore:
@@ -21,6 +29,8 @@ class InMemoryMessageStore:
         self.idempotency: dict[str, IdempotencyRecord] = {}
         self.acked: dict[tuple[str, str], int] = {}
         self.outbox: dict[tuple[str, int], OutboxEntry] = {}
+        self.batches: list[int] = []
+        """The size of every ``append_batch`` call, in order (tests check group commit)."""
         self.now: float = 0.0
         """Seconds; expired idempotency records may be replaced, as with the DynamoDB TTL."""
 
@@ -72,27 +82,46 @@ class InMemoryMessageStore:
     async def try_append(
         self, message: Message, expected_head: int, record: IdempotencyRecord
     ) -> AppendOutcome:
-        assert message.sequence == expected_head + 1
-        existing = self.idempotency.get(record.key)
-        if existing is not None and existing.expires_at >= message.created_at_ms // 1000:
-            return AppendOutcome.DUPLICATE_KEY
-        member = self.memberships.get((message.chat_id, message.sender_id))
-        if member is None or not member.active:
-            return AppendOutcome.NOT_A_MEMBER
-        chat = self.chats.get(message.chat_id)
-        if chat is None or chat.head != expected_head:
-            return AppendOutcome.HEAD_MOVED
-        if (message.chat_id, message.sequence) in self.messages:
-            return AppendOutcome.HEAD_MOVED
-        self.chats[chat.chat_id] = attrs.evolve(
-            chat, head=message.sequence, last_message_at_ms=message.created_at_ms
+        outcome = await self.append_batch(message.chat_id, expected_head, [Append(message, record)])
+        return single_outcome(outcome)
+
+    async def append_batch(
+        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+    ) -> BatchOutcome:
+        check_batch(chat_id, expected_head, appends)
+        self.batches.append(len(appends))
+        # Every condition is evaluated, as DynamoDB reports a reason for each item.
+        rejected: dict[int, AppendOutcome] = {}
+        for index, append in enumerate(appends):
+            message, record = append.message, append.record
+            existing = self.idempotency.get(record.key)
+            if existing is not None and existing.expires_at >= message.created_at_ms // 1000:
+                rejected[index] = AppendOutcome.DUPLICATE_KEY
+                continue
+            member = self.memberships.get((chat_id, message.sender_id))
+            if member is None or not member.active:
+                rejected[index] = AppendOutcome.NOT_A_MEMBER
+        chat = self.chats.get(chat_id)
+        head_moved = (
+            chat is None
+            or chat.head != expected_head
+            or any((chat_id, a.message.sequence) in self.messages for a in appends)
         )
-        self.messages[(message.chat_id, message.sequence)] = message
-        self.idempotency[record.key] = record
-        self.outbox[(message.chat_id, message.sequence)] = OutboxEntry(
-            message.chat_id, message.sequence, message.created_at_ms
+        if rejected or head_moved:
+            return BatchOutcome(rejected=rejected, head_moved=head_moved)
+        assert chat is not None
+        last = appends[-1].message
+        self.chats[chat_id] = attrs.evolve(
+            chat, head=last.sequence, last_message_at_ms=last.created_at_ms
         )
-        return AppendOutcome.APPENDED
+        for append in appends:
+            message = append.message
+            self.messages[(chat_id, message.sequence)] = message
+            self.idempotency[append.record.key] = append.record
+            self.outbox[(chat_id, message.sequence)] = OutboxEntry(
+                chat_id, message.sequence, message.created_at_ms
+            )
+        return BatchOutcome()
 
     async def read_messages(
         self, chat_id: str, low: int, high: int, *, limit: int, descending: bool = False

@@ -33,7 +33,7 @@ from messaging.connection.session import Connection, State
 from messaging.connection.transport import HANDSHAKE_ATTRIBUTES, LeanWebSocketProtocol
 from messaging.domain.model import Message
 from messaging.metrics import Metrics
-from messaging.protocol.chat import ConversationReader, MessageIngest
+from messaging.protocol.chat import ConversationReader, DeliveryAckSink, MessageIngest
 from messaging.protocol.delivery import Delivery, RouteRegistry
 from messaging.protocol.frames import CloseCode
 from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
@@ -262,6 +262,7 @@ def test_the_idle_sweep_closes_only_connections_silent_for_the_timeout() -> None
         sessions=cast(SessionChecker, None),
         ingest=cast(MessageIngest, None),
         reader=cast(ConversationReader, None),
+        acks=cast(DeliveryAckSink, None),
         routes=cast(RouteRegistry, None),
         local=local,
         config=GatewayConfig(idle_timeout_seconds=60.0),
@@ -330,6 +331,7 @@ def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
         sessions=fakes,
         ingest=cast(MessageIngest, fakes),
         reader=cast(ConversationReader, fakes),
+        acks=cast(DeliveryAckSink, fakes),
         routes=fakes,
         local=local,
         config=GatewayConfig(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import attrs
 import pytest
@@ -15,10 +16,10 @@ from messaging.domain.errors import (
     Unavailable,
 )
 from messaging.domain.ids import new_group_id, new_user_id
-from messaging.domain.model import Chat, ChatKind, IdempotencyRecord, Membership, Message
+from messaging.domain.model import Chat, ChatKind, Membership, Message
 from messaging.durability.config import DurabilityConfig
 from messaging.durability.ingest import IngestService
-from messaging.durability.ports import AppendOutcome
+from messaging.durability.ports import Append, BatchOutcome
 from tests.fakes.durability import InMemoryMessageStore
 
 CONFIG = DurabilityConfig(max_text_bytes=64, append_deadline_seconds=1.0)
@@ -143,24 +144,22 @@ class RacingStore(InMemoryMessageStore):
         self.races = races
         self.attempts = 0
 
-    async def try_append(
-        self, message: Message, expected_head: int, record: IdempotencyRecord
-    ) -> AppendOutcome:
+    async def append_batch(
+        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+    ) -> BatchOutcome:
         self.attempts += 1
         if self.races > 0:
             self.races -= 1
-            chat = self.chats[message.chat_id]
+            chat = self.chats[chat_id]
+            first = appends[0]
             intruder = attrs.evolve(
-                message, sequence=chat.head + 1, client_message_id=f"other{self.races}"
+                first.message, sequence=chat.head + 1, client_message_id=f"other{self.races}"
             )
-            await super().try_append(
-                intruder,
-                chat.head,
-                attrs.evolve(
-                    record, client_message_id=intruder.client_message_id, sequence=chat.head + 1
-                ),
+            record = attrs.evolve(
+                first.record, client_message_id=intruder.client_message_id, sequence=chat.head + 1
             )
-        return await super().try_append(message, expected_head, record)
+            await super().append_batch(chat_id, chat.head, [Append(intruder, record)])
+        return await super().append_batch(chat_id, expected_head, appends)
 
 
 async def test_losing_a_race_re_reads_the_head_and_takes_the_next_sequence() -> None:
@@ -201,14 +200,14 @@ class Sink:
 
 class LostAnswerStore(InMemoryMessageStore):
     """The first append commits, but its answer is lost: the store's retrier re-sends it and
-    finds its own idempotency record (``DUPLICATE_KEY``)."""
+    finds its own idempotency records (``DUPLICATE_KEY``)."""
 
-    async def try_append(
-        self, message: Message, expected_head: int, record: IdempotencyRecord
-    ) -> AppendOutcome:
-        outcome = await super().try_append(message, expected_head, record)
-        if outcome is AppendOutcome.APPENDED:
-            return await super().try_append(message, expected_head, record)
+    async def append_batch(
+        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+    ) -> BatchOutcome:
+        outcome = await super().append_batch(chat_id, expected_head, appends)
+        if outcome.appended:
+            return await super().append_batch(chat_id, expected_head, appends)
         return outcome
 
 
@@ -245,3 +244,148 @@ async def test_an_expired_idempotency_record_not_yet_deleted_counts_as_absent() 
     again = await send(later, alice, chat_id, "reused", "new text")
     assert (first.message.sequence, again.message.sequence, again.duplicate) == (1, 2, False)
     assert store.messages[(chat_id, 2)].text == "new text"
+
+
+class GatedStore(InMemoryMessageStore):
+    """The first append waits for ``gate``: sends arriving meanwhile queue behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def append_batch(
+        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+    ) -> BatchOutcome:
+        await self.gate.wait()
+        return await super().append_batch(chat_id, expected_head, appends)
+
+
+async def gated(*members: str, config: DurabilityConfig = CONFIG):
+    store = GatedStore()
+    chat_id = await new_chat(store, *members)
+    return store, IngestService(store, config, clock=lambda: 1000.0), chat_id
+
+
+async def burst(
+    service: IngestService, store: GatedStore, sends: list[tuple[str, str, str]], chat_id: str
+):
+    """The first send takes the committer, the rest queue behind it; then the gate opens."""
+    tasks = []
+    for u, c, t in sends:
+        tasks.append(asyncio.create_task(send(service, u, chat_id, c, t)))
+        if len(tasks) == 1:
+            for _ in range(10):
+                await asyncio.sleep(0)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    store.gate.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_sends_queued_behind_a_transaction_go_in_the_next_one_together() -> None:
+    users = [new_user_id() for _ in range(10)]
+    store, service, chat_id = await gated(*users)
+    results = await burst(service, store, [(u, "c", "hi") for u in users], chat_id)
+    assert sorted(r.message.sequence for r in results) == list(range(1, 11))  # type: ignore[union-attr]
+    assert store.batches == [1, 9]
+    assert sorted(s for (_, s) in store.messages) == list(range(1, 11))
+    assert service.committers == 0  # no task while idle
+
+
+async def test_a_duplicate_inside_a_batch_answers_with_the_original_sequence() -> None:
+    alice, bob = new_user_id(), new_user_id()
+    store, service, chat_id = await gated(alice, bob)
+    results = await burst(
+        service,
+        store,
+        [(bob, "first", "x"), (alice, "k", "hi"), (bob, "b", "yo"), (alice, "k", "hi")],
+        chat_id,
+    )
+    _, original, _, copy = results
+    assert not isinstance(original, BaseException)
+    assert not isinstance(copy, BaseException)
+    assert (original.message.sequence, original.duplicate) == (2, False)
+    assert (copy.message.sequence, copy.duplicate) == (2, True)
+    assert store.batches == [1, 2]  # the copy was not written
+    assert len(store.messages) == 3
+
+
+async def test_a_key_reused_inside_a_batch_for_other_content_is_refused() -> None:
+    alice = new_user_id()
+    store, service, chat_id = await gated(alice)
+    results = await burst(
+        service, store, [(alice, "first", "x"), (alice, "k", "hi"), (alice, "k", "other")], chat_id
+    )
+    assert isinstance(results[2], IdempotencyKeyReused)
+    assert [m.text for _, m in sorted(store.messages.items())] == ["x", "hi"]
+
+
+async def test_a_non_member_in_a_batch_fails_alone_and_the_others_are_stored() -> None:
+    alice, bob, mallory = new_user_id(), new_user_id(), new_user_id()
+    store, service, chat_id = await gated(alice, bob)
+    results = await burst(
+        service,
+        store,
+        [
+            (alice, "a0", "x"),
+            (alice, "a1", "x"),
+            (mallory, "m1", "x"),
+            (bob, "b1", "x"),
+            (mallory, "m2", "x"),
+        ],
+        chat_id,
+    )
+    assert isinstance(results[2], NotFound)
+    assert isinstance(results[4], NotFound)
+    assert [r.message.sequence for r in (results[0], results[1], results[3])] == [1, 2, 3]  # type: ignore[union-attr]
+    assert store.chats[chat_id].head == 3
+    assert {m.sender_id for m in store.messages.values()} == {alice, bob}
+
+
+async def test_batches_are_capped_by_message_count() -> None:
+    users = [new_user_id() for _ in range(12)]
+    config = attrs.evolve(CONFIG, commit_max_messages=5)
+    store, service, chat_id = await gated(*users, config=config)
+    results = await burst(service, store, [(u, "c", "hi") for u in users], chat_id)
+    assert sorted(r.message.sequence for r in results) == list(range(1, 13))  # type: ignore[union-attr]
+    assert store.batches == [1, 5, 5, 1]
+
+
+async def test_batches_are_capped_by_transaction_items() -> None:
+    # 40 distinct senders: 1 + 3n + n <= 100 items -> at most 24 messages a transaction.
+    users = [new_user_id() for _ in range(41)]
+    config = attrs.evolve(CONFIG, commit_max_messages=100)
+    store, service, chat_id = await gated(*users, config=config)
+    await burst(service, store, [(u, "c", "hi") for u in users], chat_id)
+    assert store.batches == [1, 24, 16]
+
+
+async def test_a_full_chat_queue_refuses_a_send_as_retriable() -> None:
+    users = [new_user_id() for _ in range(4)]
+    store, service, chat_id = await gated(*users, config=attrs.evolve(CONFIG, commit_queue_limit=2))
+    results = await burst(service, store, [(u, "c", "hi") for u in users], chat_id)
+    refused = [r for r in results if isinstance(r, Unavailable)]
+    assert len(refused) == 1
+    assert refused[0].retriable
+    assert store.chats[chat_id].head == 3
+
+
+async def test_close_answers_queued_sends_and_lets_the_transaction_in_flight_finish() -> None:
+    alice = new_user_id()
+    store, service, chat_id = await gated(alice)
+    tasks = [asyncio.create_task(send(service, alice, chat_id, "c0"))]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    tasks += [asyncio.create_task(send(service, alice, chat_id, f"c{i}")) for i in (1, 2)]
+    for _ in range(10):
+        await asyncio.sleep(0)
+    closing = asyncio.create_task(service.close())
+    await asyncio.sleep(0)
+    store.gate.set()
+    await closing
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0].message.sequence == 1  # type: ignore[union-attr]
+    assert all(isinstance(r, Unavailable) for r in results[1:])
+    assert service.committers == 0
+    with pytest.raises(Unavailable):
+        await send(service, alice, chat_id, "late")

@@ -2,9 +2,10 @@
 
 A connection is served by its handler (the ASGI task) and a reader task (parses frames, answers
 pings, hands commands on). Everything else runs only while it has work, as tasks owned by the
-connection (``session.py``): the writer (drains the outbound queue to the socket), the command
-lane (sends and acks, answered in the order received) and the sync lane (paced catch-up replay,
-requests answered in order). Idle timeouts are enforced by one sweep for the whole process
+connection (``session.py``): the writer (drains the outbound queue to the socket), the command lane
+(sends, answered in the order received; acks are handed to the durability plane's coalescer without
+waiting, their answers follow when the coalesced write lands) and the sync lane (paced catch-up
+replay, requests answered in order). Idle timeouts are enforced by one sweep for the whole process
 (:meth:`Gateway.sweep_idle`, a background loop of the composition root), not a task per socket.
 Whoever decides to close sets the close code on the connection; the handler then stops the
 connection's tasks, cancels and awaits them, and closes the socket with that code.
@@ -35,7 +36,7 @@ from messaging.domain.errors import DeviceMismatch, LimitExceeded, MessagingErro
 from messaging.domain.limits import Counter, KeyedBuckets
 from messaging.metrics import Metrics
 from messaging.protocol import frames
-from messaging.protocol.chat import ConversationReader, MessageIngest
+from messaging.protocol.chat import ConversationReader, DeliveryAckSink, MessageIngest
 from messaging.protocol.delivery import RouteRegistry
 from messaging.protocol.frames import CloseCode, ErrorCode, FrameError
 from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
@@ -55,6 +56,7 @@ class Gateway:
         sessions: SessionChecker,
         ingest: MessageIngest,
         reader: ConversationReader,
+        acks: DeliveryAckSink,
         routes: RouteRegistry,
         local: LocalConnections,
         config: GatewayConfig,
@@ -66,6 +68,7 @@ class Gateway:
         self._sessions = sessions
         self._ingest = ingest
         self._reader = reader
+        self._acks = acks
         self._routes = routes
         self._local = local
         self._config = config
@@ -335,21 +338,36 @@ class Gateway:
             if isinstance(command, frames.SendMessage):
                 await self._send(connection, command)
             else:
-                # Up to what this connection was sent, the user may see everything: only the
-                # forward-only write remains (one DynamoDB call instead of three).
-                ack = (
-                    self._reader.ack_delivered
-                    if connection.was_sent(command.chat_id, command.sequence)
-                    else self._reader.ack
-                )
-                stored = await ack(connection.user_id, command.chat_id, command.sequence)
-                connection.push_json(frames.acked(command.chat_id, stored))
+                self._ack(connection, command)
         except MessagingError as exc:
             if isinstance(exc, LimitExceeded):
                 self._metrics.limit_rejections.labels(exc.limit).inc()
             connection.push_json(
                 frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_ref(command))
             )
+
+    def _ack(self, connection: Connection, command: frames.Ack) -> None:
+        """Hand the ack over and return at once: its ``acked`` (or error) is pushed when the
+        coalesced write lands (ADR 0025), so an ack never holds up the sends behind it. Up to
+        what this connection was sent, the user may see everything: no visibility reads."""
+
+        def reply(result: int | MessagingError) -> None:
+            if isinstance(result, MessagingError):
+                connection.push_json(
+                    frames.error(
+                        result.code, result.message, retriable=result.retriable, ref=_ref(command)
+                    )
+                )
+            else:
+                connection.push_json(frames.acked(command.chat_id, result))
+
+        self._acks.submit(
+            connection.user_id,
+            command.chat_id,
+            command.sequence,
+            delivered=connection.was_sent(command.chat_id, command.sequence),
+            reply=reply,
+        )
 
     async def _send(self, connection: Connection, command: frames.SendMessage) -> None:
         started = self._monotonic()

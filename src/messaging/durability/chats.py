@@ -220,14 +220,20 @@ class ChatService:
     # ------------------------------------------------------------------ delivery state
 
     async def ack(self, user_id: str, chat_id: str, sequence: int) -> int:
-        """Record delivery up to ``sequence``; returns the stored last_acked_sequence."""
+        """Record delivery up to ``sequence`` now (one write); returns the stored
+        last_acked_sequence. The gateway's acks go through :class:`DeliveryAcks` instead, which
+        coalesces them (ADR 0025)."""
+        await self.check_ack(user_id, chat_id, sequence)
+        return await self._store.advance_last_acked(user_id, chat_id, sequence)
+
+    async def check_ack(self, user_id: str, chat_id: str, sequence: int) -> None:
+        """Refuse an ack past what the member can see (or of a chat they were never in)."""
         if sequence < 0:
             raise InvalidInput("sequence must not be negative")
         chat, membership = await self.member_view(user_id, chat_id, allow_removed=True)
         visible = membership.visible_until(chat.head)
         if sequence > visible:
             raise InvalidInput(f"sequence {sequence} is past the chat head {visible}")
-        return await self._store.advance_last_acked(user_id, chat_id, sequence)
 
     async def ack_delivered(self, user_id: str, chat_id: str, sequence: int) -> int:
         """``ack`` without the visibility reads, for a sequence the caller sent this user on a

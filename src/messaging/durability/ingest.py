@@ -1,30 +1,42 @@
-"""Message ingest: validate, de-duplicate, allocate the next sequence, persist, all at once.
+"""Message ingest: validate, de-duplicate, allocate sequences, persist, all at once.
 
-The algorithm (ADR 0004):
+The algorithm (ADR 0004, group commit ADR 0024):
 
 1. A send is keyed by ``(sender, client_message_id)``. If that key was stored before, the
    original answer is returned (same sequence, ``duplicate=True``) and nothing is written; the
    same key with different content is refused (``idempotency_key_reused``).
-2. Otherwise the next sequence is ``head + 1`` and ``store.try_append`` writes, in one
-   transaction, the head increment (conditional on the head still being ``head``), the message
-   and the idempotency record, checking the sender's membership in the same transaction.
-3. If another writer moved the head first, re-read it and try again. Within one process, sends
-   to one chat queue on a per-chat lock, so only writers on other processes ever race.
+2. Otherwise the send joins its chat's queue. One committer per chat and process takes what
+   is queued (at most :data:`DurabilityConfig.commit_max_messages` messages, within DynamoDB's
+   100-item and 4 MB transaction limits) and ``store.append_batch`` writes it in one
+   transaction: the head ``+= n`` (conditional on the head still being ``head``), each message,
+   each idempotency record and outbox entry, and each sender's membership check. A send that
+   arrives while a transaction is in flight goes into the next one, together with every other
+   send that arrived meanwhile: a hot chat pays one transaction per batch, not per message. A
+   lone send is a batch of one (the same code path).
+3. A message whose own condition failed (its key stored meanwhile, its sender no longer a
+   member) is answered on its own and the rest retried without it. If another writer moved
+   the head first (another process), re-read it and try again, within the append deadline.
+   Within one process only the committer writes a chat, so only writers on other processes
+   ever race.
 
-A sequence is therefore never taken without its message (no gap) and never twice (no
-duplicate), whatever the concurrency and wherever a process dies: a transaction that did not
-commit left nothing behind.
+Each sender is answered only once the transaction holding its message committed. A sequence
+is therefore never taken without its message (no gap) and never twice (no duplicate), whatever
+the concurrency and wherever a process dies: a transaction that did not commit left nothing
+behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Protocol
+
+import attrs
 
 from messaging.domain.errors import (
     IdempotencyKeyReused,
@@ -42,9 +54,18 @@ from messaging.domain.model import (
 )
 from messaging.domain.text import validate_text
 from messaging.durability.config import DurabilityConfig
-from messaging.durability.locks import KeyedLocks
-from messaging.durability.ports import AppendOutcome, MessageStore
+from messaging.durability.locks import ChatQueues
+from messaging.durability.ports import (
+    TRANSACTION_MAX_BYTES,
+    TRANSACTION_MAX_ITEMS,
+    Append,
+    AppendOutcome,
+    MessageStore,
+    append_bytes,
+)
 from messaging.protocol.faults import FaultPoint, FaultPoints, NoFaults
+
+log = logging.getLogger(__name__)
 
 
 class PersistedSink(Protocol):
@@ -56,6 +77,32 @@ class PersistedSink(Protocol):
 class _Discard:
     def submit(self, message: Message) -> None:
         return None
+
+
+@attrs.define(eq=False)
+class _Send:
+    """One send waiting for its chat's committer."""
+
+    sender_id: str
+    sender_device: str
+    chat_id: str
+    client_message_id: str
+    text: str
+    digest: str
+    known_head: int
+    answer: asyncio.Future[SendResult]
+
+    @property
+    def key(self) -> str:
+        return idempotency_key(self.sender_id, self.client_message_id)
+
+    def settle(self, result: SendResult | BaseException) -> None:
+        if self.answer.done():  # the sender went away (its connection closed)
+            return
+        if isinstance(result, BaseException):
+            self.answer.set_exception(result)
+        else:
+            self.answer.set_result(result)
 
 
 class IngestService:
@@ -75,7 +122,7 @@ class IngestService:
         self._config = config
         self._clock = clock
         self._monotonic = monotonic
-        self._locks = KeyedLocks()
+        self._queues: ChatQueues[_Send] = ChatQueues(config.commit_queue_limit, self._commit_loop)
         self._heads: OrderedDict[str, int] = OrderedDict()
 
     async def send(
@@ -92,8 +139,8 @@ class IngestService:
 
         # Membership is decided by the append transaction itself (its ConditionCheck: a
         # non-member gets NOT_A_MEMBER and nothing is written), and a chat whose head this
-        # process wrote exists (chats are never deleted; a stale head is HEAD_MOVED below), so
-        # the common send is two round trips: this idempotency read and the transaction.
+        # process wrote exists (chats are never deleted; a stale head is a moved head below),
+        # so the common send is two round trips: this idempotency read and the transaction.
         known_head = self._heads.get(chat_id)
         if known_head is None:
             chat = await self._store.get_chat(chat_id)
@@ -101,62 +148,228 @@ class IngestService:
                 raise chat_not_found(chat_id)
             known_head = chat.head
 
-        async with self._locks.hold(chat_id):
-            head = max(known_head, self._heads.get(chat_id, 0))
-            deadline = self._monotonic() + self._config.append_deadline_seconds
-            attempt = 0
-            while True:
+        send = _Send(
+            sender_id=sender_id,
+            sender_device=sender_device,
+            chat_id=chat_id,
+            client_message_id=client_message_id,
+            text=text,
+            digest=digest,
+            known_head=known_head,
+            answer=asyncio.get_running_loop().create_future(),
+        )
+        if not self._queues.put(chat_id, send):
+            raise Unavailable(
+                f"chat {chat_id} is too busy: too many sends waiting; "
+                "retry with the same client_message_id"
+            )
+        return await send.answer
+
+    async def close(self) -> None:
+        """Shutdown: let every committer finish the transaction in flight (its messages reach
+        the relay), then answer what still waits with a retriable error."""
+        await self._queues.close(
+            lambda send: send.settle(Unavailable("the server is shutting down; retry"))
+        )
+
+    @property
+    def committers(self) -> int:
+        """Chats with a committer task right now (none when idle)."""
+        return len(self._queues)
+
+    # ------------------------------------------------------------------ the committer
+
+    async def _commit_loop(self, chat_id: str, queue: deque[_Send]) -> None:
+        """The chat's committer: one transaction at a time, each taking what queued."""
+        while queue:
+            batch = self._take(queue)
+            if not batch:
+                continue
+            try:
+                await self._commit(chat_id, batch)
+            except Exception as exc:  # answered to every sender of the batch
+                error = exc if isinstance(exc, MessagingError) else None
+                if error is None:
+                    log.exception("append to chat %s failed", chat_id)
+                    error = Unavailable("the message store failed; retry")
+                for send in batch:
+                    send.settle(error)
+
+    def _take(self, queue: deque[_Send]) -> list[_Send]:
+        """The next batch: queued sends in arrival order, within the batch caps. A send whose
+        key is already in the batch stays, and is answered from its first copy."""
+        batch: list[_Send] = []
+        senders: set[str] = set()
+        size = 0
+        max_bytes = min(self._config.commit_max_bytes, TRANSACTION_MAX_BYTES)
+        while queue and len(batch) < self._config.commit_max_messages:
+            send = queue[0]
+            if send.answer.done():  # its sender went away before it was written
+                queue.popleft()
+                continue
+            items = 1 + 3 * (len(batch) + 1) + len(senders | {send.sender_id})
+            cost = append_bytes(self._append(send, 0, 0.0))
+            if batch and (items > TRANSACTION_MAX_ITEMS or size + cost > max_bytes):
+                break
+            queue.popleft()
+            batch.append(send)
+            senders.add(send.sender_id)
+            size += cost
+        return batch
+
+    async def _commit(self, chat_id: str, batch: list[_Send]) -> None:
+        # Duplicates inside the batch: the first send of each key is written, the others are
+        # answered from it once it is settled.
+        firsts: dict[str, _Send] = {}
+        copies: list[_Send] = []
+        for send in batch:
+            if send.key in firsts:
+                copies.append(send)
+            else:
+                firsts[send.key] = send
+        pending = list(firsts.values())
+        try:
+            await self._append_all(chat_id, pending)
+        finally:
+            for copy in copies:
+                await self._answer_copy(copy, firsts[copy.key])
+
+    async def _append_all(self, chat_id: str, pending: list[_Send]) -> None:
+        head = max([self._heads.get(chat_id, 0), *(s.known_head for s in pending)])
+        deadline = self._monotonic() + self._config.append_deadline_seconds
+        attempt = 0
+        aside: list[tuple[_Send, AppendOutcome]] = []
+        try:
+            while pending:
                 now = self._clock()
-                message = Message(
-                    chat_id=chat_id,
-                    sequence=head + 1,
-                    sender_id=sender_id,
-                    sender_device=sender_device,
-                    client_message_id=client_message_id,
-                    text=text,
-                    created_at_ms=int(now * 1000),
-                )
-                record = IdempotencyRecord(
-                    sender_id=sender_id,
-                    client_message_id=client_message_id,
-                    chat_id=chat_id,
-                    sequence=message.sequence,
-                    text_sha256=digest,
-                    expires_at=int(now) + self._config.idempotency_ttl_seconds,
-                )
-                outcome = await self._store.try_append(message, head, record)
-                if outcome is AppendOutcome.APPENDED:
-                    self._remember_head(chat_id, message.sequence)
+                appends = [self._append(s, head + i, now) for i, s in enumerate(pending, 1)]
+                outcome = await self._store.append_batch(chat_id, head, appends)
+                if outcome.appended:
+                    self._remember_head(chat_id, head + len(appends))
                     self._faults.hit(FaultPoint.AFTER_PERSIST)
-                    self._sink.submit(message)
-                    return SendResult(message=message, duplicate=False)
-                if outcome is AppendOutcome.DUPLICATE_KEY:
-                    # The key was free when this send began: either a concurrent send with the
-                    # same key won, or this very send committed on an attempt whose answer was
-                    # lost (the store's retrier re-sent it). In the second case nobody handed
-                    # the message to the relay yet; handing it over again costs at most a
-                    # duplicate in the log (clients drop duplicates), not a 3 s sweeper delay.
-                    stored = await self._store.get_idempotency(key)
-                    if stored is None:
-                        raise MessagingError(f"idempotency record {key} vanished during a send")
-                    result = await self._replay(stored, chat_id, digest)
-                    self._sink.submit(result.message)
-                    return result
-                if outcome is AppendOutcome.NOT_A_MEMBER:
-                    if await self._store.get_membership(chat_id, sender_id) is None:
-                        raise chat_not_found(chat_id)  # as for a chat that does not exist
-                    raise NotAMember(f"you are no longer a member of chat {chat_id}")
-                # HEAD_MOVED: a writer on another process got there first.
+                    for send, append in zip(pending, appends, strict=True):
+                        self._sink.submit(append.message)
+                        send.settle(SendResult(message=append.message, duplicate=False))
+                    return
+                if outcome.rejected:
+                    # One bad message must not fail the others: set it aside, retry the rest.
+                    bad = {
+                        pending[i].sender_id
+                        for i, o in outcome.rejected.items()
+                        if o is AppendOutcome.NOT_A_MEMBER
+                    }
+                    keep: list[_Send] = []
+                    for index, send in enumerate(pending):
+                        rejected = outcome.rejected.get(index)
+                        if rejected is None and send.sender_id in bad:
+                            rejected = AppendOutcome.NOT_A_MEMBER
+                        if rejected is None:
+                            keep.append(send)
+                        else:
+                            aside.append((send, rejected))
+                    pending = keep
+                    if not outcome.head_moved:
+                        continue
+                # The head moved: a writer on another process got there first.
                 attempt += 1
                 if self._monotonic() > deadline:
                     raise Unavailable(
-                        f"chat {chat_id} is too busy: no free sequence after {attempt} attempts; "
-                        "retry with the same client_message_id"
+                        f"chat {chat_id} is too busy: no free sequence after {attempt} "
+                        "attempts; retry with the same client_message_id"
                     )
                 if attempt > 2:
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
                 fresh = await self._store.get_chat(chat_id)
                 head = fresh.head if fresh is not None else head
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else Unavailable("cancelled; retry")
+            for send in pending:
+                send.settle(error)
+            raise
+        finally:
+            if aside:
+                await asyncio.gather(*(self._answer_rejected(s, o) for s, o in aside))
+
+    async def _answer_rejected(self, send: _Send, outcome: AppendOutcome) -> None:
+        try:
+            send.settle(await self._rejected(send, outcome))
+        except MessagingError as exc:
+            send.settle(exc)
+        except Exception:  # a store failure while answering one send
+            log.exception("answering a refused send to chat %s failed", send.chat_id)
+            send.settle(Unavailable("the message store failed; retry"))
+
+    async def _rejected(self, send: _Send, outcome: AppendOutcome) -> SendResult:
+        if outcome is AppendOutcome.NOT_A_MEMBER:
+            if await self._store.get_membership(send.chat_id, send.sender_id) is None:
+                raise chat_not_found(send.chat_id)  # as for a chat that does not exist
+            raise NotAMember(f"you are no longer a member of chat {send.chat_id}")
+        # DUPLICATE_KEY. The key was free when this send began: either a concurrent send with
+        # the same key won, or this very send committed on an attempt whose answer was lost (the
+        # store's retrier re-sent it). In the second case nobody handed the message to the relay
+        # yet; handing it over again costs at most a duplicate in the log (clients drop
+        # duplicates), not a 3 s sweeper delay.
+        stored = await self._store.get_idempotency(send.key)
+        if stored is None:
+            raise MessagingError(f"idempotency record {send.key} vanished during a send")
+        result = await self._replay(stored, send.chat_id, send.digest)
+        self._sink.submit(result.message)
+        return result
+
+    async def _answer_copy(self, copy: _Send, first: _Send) -> None:
+        """A second send of a key that was in the same batch: the same answer as the first
+        (a duplicate of it), or refused if its content differs."""
+        if not first.answer.done() or first.answer.cancelled():
+            # Its first copy's sender went away before an answer: ask the store.
+            await self._answer_from_store(copy)
+            return
+        error = first.answer.exception()
+        if error is not None:
+            if copy.digest == first.digest:
+                copy.settle(error)
+            else:
+                await self._answer_from_store(copy)
+            return
+        result = first.answer.result()
+        if copy.digest != first.digest:
+            copy.settle(
+                IdempotencyKeyReused(
+                    f"client_message_id {copy.client_message_id!r} was already used for a "
+                    "different message; use a new client_message_id for new content"
+                )
+            )
+        else:
+            copy.settle(SendResult(message=result.message, duplicate=True))
+
+    async def _answer_from_store(self, send: _Send) -> None:
+        try:
+            stored = await self._store.get_idempotency(send.key)
+            if stored is None:
+                send.settle(Unavailable("the send did not complete; retry"))
+            else:
+                send.settle(await self._replay(stored, send.chat_id, send.digest))
+        except MessagingError as exc:
+            send.settle(exc)
+
+    def _append(self, send: _Send, sequence: int, now: float) -> Append:
+        message = Message(
+            chat_id=send.chat_id,
+            sequence=sequence,
+            sender_id=send.sender_id,
+            sender_device=send.sender_device,
+            client_message_id=send.client_message_id,
+            text=send.text,
+            created_at_ms=int(now * 1000),
+        )
+        record = IdempotencyRecord(
+            sender_id=send.sender_id,
+            client_message_id=send.client_message_id,
+            chat_id=send.chat_id,
+            sequence=sequence,
+            text_sha256=send.digest,
+            expires_at=int(now) + self._config.idempotency_ttl_seconds,
+        )
+        return Append(message, record)
 
     async def _replay(self, record: IdempotencyRecord, chat_id: str, digest: str) -> SendResult:
         if record.chat_id != chat_id or record.text_sha256 != digest:

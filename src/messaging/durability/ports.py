@@ -1,9 +1,9 @@
 """The durability plane's ports: what its services need from storage and the event log.
 
-The store is deliberately narrow. ``try_append`` is the one operation that allocates a sequence:
-the adapter must make it atomic (all of its effects or none) and conditional on the chat's head
-being exactly ``expected_head``. The gapless invariant follows from that single rule: a sequence
-is taken only together with the message that uses it.
+The store is deliberately narrow. ``append_batch`` (and ``try_append``, its batch of one) is the
+one operation that allocates sequences: the adapter must make it atomic (all of its effects or
+none) and conditional on the chat's head being exactly ``expected_head``. The gapless invariant
+follows from that single rule: a sequence is taken only together with the message that uses it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,83 @@ class AppendOutcome(enum.Enum):
     """The idempotency key exists: this send was stored before."""
     NOT_A_MEMBER = "not_a_member"
     """The sender is not an active member at the moment of the write."""
+
+
+TRANSACTION_MAX_ITEMS = 100
+"""DynamoDB's limit on the items of one ``TransactWriteItems``."""
+TRANSACTION_MAX_BYTES = 4 * 1024 * 1024
+"""DynamoDB's limit on the aggregate size of one transaction."""
+
+
+@attrs.frozen
+class Append:
+    """One message of a batch append, with its idempotency record."""
+
+    message: Message
+    record: IdempotencyRecord
+
+
+def transaction_items(appends: Sequence[Append]) -> int:
+    """Items of the append transaction: the head update, per message its Put, idempotency Put
+    and outbox Put, and one membership ConditionCheck per distinct sender (a transaction may
+    not name one item twice)."""
+    return 1 + 3 * len(appends) + len({a.message.sender_id for a in appends})
+
+
+def append_bytes(append: Append) -> int:
+    """An upper estimate of what one message adds to the transaction's size: the text twice
+    (message item and a margin), every other value and all attribute names."""
+    message = append.message
+    strings = (
+        message.chat_id,
+        message.sender_id,
+        message.sender_device,
+        message.client_message_id,
+        append.record.key,
+        append.record.text_sha256,
+    )
+    return 2 * len(message.text.encode()) + 3 * sum(len(s.encode()) for s in strings) + 1024
+
+
+def check_batch(chat_id: str, expected_head: int, appends: Sequence[Append]) -> None:
+    """The preconditions of ``append_batch``; raises ``ValueError`` (a programming error)."""
+    if not appends:
+        raise ValueError("an append batch holds at least one message")
+    for offset, append in enumerate(appends, start=1):
+        if append.message.chat_id != chat_id or append.record.chat_id != chat_id:
+            raise ValueError("every message of a batch belongs to its chat")
+        if append.message.sequence != expected_head + offset:
+            raise ValueError("a batch's sequences follow the expected head without a gap")
+        if append.record.sequence != append.message.sequence:
+            raise ValueError("an idempotency record names its message's sequence")
+    if len({a.record.key for a in appends}) != len(appends):
+        raise ValueError("a batch holds each idempotency key once")
+    if transaction_items(appends) > TRANSACTION_MAX_ITEMS:
+        raise ValueError(f"a batch is at most {TRANSACTION_MAX_ITEMS} transaction items")
+    if sum(map(append_bytes, appends)) > TRANSACTION_MAX_BYTES:
+        raise ValueError(f"a batch is at most {TRANSACTION_MAX_BYTES} bytes")
+
+
+@attrs.frozen
+class BatchOutcome:
+    """What ``append_batch`` did: everything (``rejected`` empty, ``head_moved`` false) or
+    nothing. ``rejected`` names the messages, by index in the batch, whose own condition failed
+    (``DUPLICATE_KEY`` or ``NOT_A_MEMBER``): retry without them. ``head_moved`` alone: another
+    writer appended first (or a concurrent transaction conflicted); re-read the head."""
+
+    rejected: dict[int, AppendOutcome] = attrs.field(factory=dict)
+    head_moved: bool = False
+
+    @property
+    def appended(self) -> bool:
+        return not self.rejected and not self.head_moved
+
+
+def single_outcome(outcome: BatchOutcome) -> AppendOutcome:
+    """A batch of one's outcome as ``try_append`` reports it."""
+    if outcome.rejected:
+        return next(iter(outcome.rejected.values()))
+    return AppendOutcome.HEAD_MOVED if outcome.head_moved else AppendOutcome.APPENDED
 
 
 class RemoveOutcome(enum.Enum):
@@ -73,6 +150,16 @@ class MessageStore(Protocol):
         member."""
         ...
 
+    async def append_batch(
+        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+    ) -> BatchOutcome:
+        """Atomically: head ``expected_head`` -> ``expected_head + len(appends)``, store every
+        message (sequences ``expected_head + 1 ..`` in order), its idempotency record and its
+        outbox entry, provided every sender is an active member; or nothing. Preconditions
+        (:func:`check_batch`, ``ValueError``): one chat, consecutive sequences, distinct keys,
+        within DynamoDB's transaction limits (100 items, 4 MB)."""
+        ...
+
     async def read_messages(
         self, chat_id: str, low: int, high: int, *, limit: int, descending: bool = False
     ) -> list[Message]:
@@ -102,7 +189,7 @@ class OutboxEntry:
 
 
 class Outbox(Protocol):
-    """Messages persisted but not yet confirmed published. ``try_append`` adds the entry in the
+    """Messages persisted but not yet confirmed published. ``append_batch`` adds the entry in the
     same transaction as the message; the relay clears it once Kafka has the message."""
 
     async def pending(self, created_before_ms: int, limit: int) -> list[OutboxEntry]: ...

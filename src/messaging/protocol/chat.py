@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from messaging.domain.errors import MessagingError
 from messaging.domain.model import ChatSummary, HistoryPage, SendResult
 
 
@@ -25,3 +27,21 @@ class ConversationReader(Protocol):
         ...
 
     async def list_chats(self, user_id: str) -> list[ChatSummary]: ...
+
+
+class DeliveryAckSink(Protocol):
+    """Takes delivery acks without waiting for the store (ADR 0025)."""
+
+    def submit(
+        self,
+        user_id: str,
+        chat_id: str,
+        sequence: int,
+        *,
+        delivered: bool,
+        reply: Callable[[int | MessagingError], None],
+    ) -> None:
+        """Returns at once; ``reply`` gets the stored last_acked_sequence (or the error) once the
+        coalesced write landed. ``delivered``: the caller sent the user this sequence. Raises a
+        ``MessagingError`` at once for malformed input or when too many acks wait."""
+        ...

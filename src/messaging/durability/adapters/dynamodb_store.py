@@ -17,7 +17,15 @@ from typing import Any, TypeVar
 
 from messaging.domain.errors import MessagingError
 from messaging.domain.model import Chat, ChatKind, IdempotencyRecord, Membership, Message
-from messaging.durability.ports import AppendOutcome, OutboxEntry, RemoveOutcome
+from messaging.durability.ports import (
+    Append,
+    AppendOutcome,
+    BatchOutcome,
+    OutboxEntry,
+    RemoveOutcome,
+    check_batch,
+    single_outcome,
+)
 from messaging.infra.dynamodb import DynamoClient, DynamoError, Retrier, batch_get, batch_write
 from messaging.infra.schema import (
     CHAT_MEMBERSHIPS,
@@ -313,33 +321,78 @@ class DynamoMessageStore:
     async def try_append(
         self, message: Message, expected_head: int, record: IdempotencyRecord
     ) -> AppendOutcome:
-        assert message.sequence == expected_head + 1
-        item = message_item(message)
-        outbox_item = outbox_key(
-            OutboxEntry(message.chat_id, message.sequence, message.created_at_ms)
-        )
-        outbox_item["chat_id"] = _s(message.chat_id)
-        outbox_item["sequence"] = _n(message.sequence)
+        outcome = await self.append_batch(message.chat_id, expected_head, [Append(message, record)])
+        return single_outcome(outcome)
+
+    async def append_batch(
+        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+    ) -> BatchOutcome:
+        """One ``TransactWriteItems`` (ADR 0024): the head update at index 0, then per message
+        its Put, its idempotency Put and its outbox Put (indexes ``1 + 3i .. 3 + 3i``), then
+        one membership ConditionCheck per distinct sender."""
+        check_batch(chat_id, expected_head, appends)
+        last = appends[-1].message
         transaction: list[Any] = [
             {
                 # The per-chat atomic counter, conditional on its expected value.
                 "Update": {
                     "TableName": self.chats,
-                    "Key": {"chat_id": _s(message.chat_id)},
-                    "UpdateExpression": "ADD #h :one SET #t = :now",
+                    "Key": {"chat_id": _s(chat_id)},
+                    "UpdateExpression": "ADD #h :n SET #t = :now",
                     "ConditionExpression": "#h = :expected",
                     "ExpressionAttributeNames": {"#h": "head", "#t": "last_message_at_ms"},
                     "ExpressionAttributeValues": {
-                        ":one": _n(1),
+                        ":n": _n(len(appends)),
                         ":expected": _n(expected_head),
-                        ":now": _n(message.created_at_ms),
+                        ":now": _n(last.created_at_ms),
                     },
                 }
-            },
+            }
+        ]
+        for append in appends:
+            transaction.extend(self._append_items(append.message, append.record))
+        senders = list(dict.fromkeys(a.message.sender_id for a in appends))
+        for sender in senders:
+            transaction.append(
+                {
+                    "ConditionCheck": {
+                        "TableName": self.memberships,
+                        "Key": {"chat_id": _s(chat_id), "user_id": _s(sender)},
+                        "ConditionExpression": "attribute_exists(#u) AND attribute_not_exists(#r)",
+                        "ExpressionAttributeNames": {"#u": "user_id", "#r": "removed_seq"},
+                    }
+                }
+            )
+        codes = await self._transact("TransactWriteItems append", transaction)
+        if codes is None:
+            return BatchOutcome()
+        failed = {index for index, code in enumerate(codes) if code == "ConditionalCheckFailed"}
+        rejected: dict[int, AppendOutcome] = {}
+        checks = 1 + 3 * len(appends)
+        for index, append in enumerate(appends):
+            if 2 + 3 * index in failed:
+                rejected[index] = AppendOutcome.DUPLICATE_KEY
+            elif checks + senders.index(append.message.sender_id) in failed:
+                rejected[index] = AppendOutcome.NOT_A_MEMBER
+        # The head moved (or a message Put found its sequence taken, the same thing), or a
+        # concurrent transaction touched the same items (TransactionConflict): both mean
+        # "re-read and try again". An emulator that names no reason means the same.
+        head_moved = (
+            not rejected or 0 in failed or any(1 + 3 * i in failed for i in range(len(appends)))
+        )
+        return BatchOutcome(rejected=rejected, head_moved=head_moved)
+
+    def _append_items(self, message: Message, record: IdempotencyRecord) -> list[Any]:
+        outbox_item = outbox_key(
+            OutboxEntry(message.chat_id, message.sequence, message.created_at_ms)
+        )
+        outbox_item["chat_id"] = _s(message.chat_id)
+        outbox_item["sequence"] = _n(message.sequence)
+        return [
             {
                 "Put": {
                     "TableName": self.messages,
-                    "Item": item,
+                    "Item": message_item(message),
                     "ConditionExpression": "attribute_not_exists(#c)",
                     "ExpressionAttributeNames": {"#c": "chat_id"},
                 }
@@ -362,33 +415,22 @@ class DynamoMessageStore:
                     "ExpressionAttributeValues": {":now": _n(message.created_at_ms // 1000)},
                 }
             },
-            {
-                "ConditionCheck": {
-                    "TableName": self.memberships,
-                    "Key": {"chat_id": _s(message.chat_id), "user_id": _s(message.sender_id)},
-                    "ConditionExpression": "attribute_exists(#u) AND attribute_not_exists(#r)",
-                    "ExpressionAttributeNames": {"#u": "user_id", "#r": "removed_seq"},
-                }
-            },
             {"Put": {"TableName": self.outbox, "Item": outbox_item}},
         ]
+
+    async def _transact(self, what: str, items: list[Any]) -> list[str] | None:
+        """Run one ``TransactWriteItems``: ``None`` when it committed, else the cancellation
+        reason code of each item ("None" for an item that was fine). The one place that turns
+        the SDK's cancellation error into an outcome."""
         try:
             await self._retry.run(
-                "TransactWriteItems append",
-                lambda: self._client.transact_write_items(TransactItems=transaction),
+                what, lambda: self._client.transact_write_items(TransactItems=items)
             )
         except DynamoError as exc:
             if exc.code != "TransactionCanceledException":
-                raise refused("TransactWriteItems append", exc) from exc
-            codes = exc.cancellation_codes
-            if len(codes) > 2 and codes[2] == "ConditionalCheckFailed":
-                return AppendOutcome.DUPLICATE_KEY
-            if len(codes) > 3 and codes[3] == "ConditionalCheckFailed":
-                return AppendOutcome.NOT_A_MEMBER
-            # The head moved, or a concurrent transaction touched the same items
-            # (TransactionConflict): both mean "re-read and try again".
-            return AppendOutcome.HEAD_MOVED
-        return AppendOutcome.APPENDED
+                raise refused(what, exc) from exc
+            return exc.cancellation_codes
+        return None
 
     async def read_messages(
         self, chat_id: str, low: int, high: int, *, limit: int, descending: bool = False
@@ -459,7 +501,7 @@ class DynamoMessageStore:
 
 
 class DynamoOutbox:
-    """The ``outbox`` table: entries written by ``try_append``, cleared after publishing."""
+    """The ``outbox`` table: entries written by ``append_batch``, cleared after publishing."""
 
     def __init__(self, client: DynamoClient, table_prefix: str, retrier: Retrier) -> None:
         self._client = client
