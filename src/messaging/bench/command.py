@@ -64,6 +64,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="target a running app instead of starting processes")
     parser.add_argument("--app-pid", type=int, help="with --url: the app's pid, for CPU and RSS")
     parser.add_argument("--apps", type=int, default=1, help="app processes to start (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="each app as `serve --workers N` (default 1)"
+    )
     parser.add_argument("--rate", type=_bounded(0.1, 1e6), help="open loop: sends per second")
     parser.add_argument(
         "--concurrency", type=int, default=16, help="closed loop: sends in flight (default 16)"
@@ -219,6 +222,7 @@ async def _main(settings: Settings, args: argparse.Namespace, options: Options) 
             "out_dir": str(out_dir),
             "target": args.url or "own app processes",
             "apps": args.apps if managed else None,
+            "workers": args.workers if managed else None,
             "options": attrs.asdict(
                 options,
                 value_serializer=lambda _i, _a, v: sorted(v) if isinstance(v, frozenset) else v,
@@ -323,14 +327,16 @@ async def _scenario(
             # The stack is shared: another run may be restarting a service right now.
             await app_procs.wait_for_stack(settings, say)
             try:
-                processes = await app_procs.start_apps(args.apps, namespace, out_dir)
+                processes = await app_procs.start_apps(
+                    args.apps, namespace, out_dir, workers=args.workers
+                )
                 break
             except RuntimeError as exc:
                 if attempt == 2:
                     raise
                 say(f"app start failed ({str(exc).splitlines()[0]}); retrying")
         base_urls = [p.base_url for p in processes]
-        pids = [p.pid for p in processes]
+        pids = [pid for p in processes for pid in p.worker_pids()]
         say(
             f"started {len(processes)} app process(es): "
             + ", ".join(f"{p.base_url} (pid {p.pid})" for p in processes)
