@@ -98,6 +98,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=(),
         help="direct: after a closed-loop max, open loop at these fractions of it (0.25,0.5,...)",
     )
+    parser.add_argument(
+        "--idle-duration",
+        type=_bounded(0, 60),
+        default=3.0,
+        help="direct/group: seconds with clients connected and nothing sent, for the app's "
+        "idle CPU (0: skip; default 3)",
+    )
     parser.add_argument("--text-size", type=int, default=64, help="bytes of text per message")
     parser.add_argument(
         "--ack-interval",
@@ -149,6 +156,7 @@ def options_from(args: argparse.Namespace) -> Options:
         baselines=chosen,
         baseline_duration=args.baseline_duration,
         ack_interval=args.ack_interval,
+        idle_duration=args.idle_duration,
     )
 
 
@@ -319,6 +327,7 @@ async def _scenario(
     from messaging.bench import apps as app_procs
     from messaging.bench.population import Population
     from messaging.bench.scenarios import SCENARIOS, Context
+    from messaging.bench.server import metrics_delta
 
     say(f"===== scenario {name}")
     processes: list[app_procs.AppProcess] = []
@@ -358,10 +367,13 @@ async def _scenario(
         app_pids=pids,
         population=population,
         stack=app_procs.stack_pids(settings),
+        workers=args.workers if args.url is None else 1,
     )
     began = time.monotonic()
     try:
+        before = await ctx.scrape()
         result = await SCENARIOS[name](ctx)
+        result["server_total"] = metrics_delta(before, await ctx.scrape())
     finally:
         await population.aclose()
         for i in range(len(pids)):
