@@ -240,6 +240,11 @@ async def _main(settings: Settings, args: argparse.Namespace, options: Options) 
         "baselines": base,
         "scenarios": results,
         "failed_scenarios": failures,
+        "delivery_order": {
+            name: order
+            for name, result in results.items()
+            if (order := report.delivery_order(result)) is not None
+        },
         "targets": report.targets(results, base),
         "ratios": report.ratios(results.values(), base),
         "consistent": consistent,

@@ -280,6 +280,8 @@ def hop_rows(scenarios: Iterable[Mapping[str, Any]]) -> list[list[str]]:
     for result in scenarios:
         for phase in _phases(result):
             label = f"{result['scenario']}/{phase['label']}"
+            ack = phase["send_to_ack_ms"]
+            add(label, "bench: send -> send_ack", ack["count"], ack["p50"], ack["p99"], ack["mean"])
             for hop, h in (phase.get("server", {}).get("hops") or {}).items():
                 add(label, f"app: {hop}", h["count"], h["p50_ms"], h["p99_ms"], h["mean_ms"])
             for hop, h in (phase.get("client_hops") or {}).items():
