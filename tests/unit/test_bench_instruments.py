@@ -4,11 +4,13 @@ buckets, the per-instance differencing of scrapes, and the app's out-of-order pu
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 
 from messaging.bench.cost import cpu_cost, describe, least_squares
+from messaging.bench.report import delivery_order, targets
 from messaging.bench.server import HOPS, OUT_OF_ORDER, Scrape, metrics_delta, parse, quantile
 from messaging.metrics import LIVE_ORDER_ENTRIES, Metrics
 
@@ -153,3 +155,35 @@ def test_since_created_observes_each_message_and_never_a_negative_time() -> None
     }
     assert samples["messaging_fanout_created_to_consumed_seconds_count"] == 3
     assert samples["messaging_fanout_created_to_consumed_seconds_sum"] == pytest.approx(1.5)
+
+
+def test_a_scenario_reports_its_duplicate_and_out_of_order_frames_against_the_target() -> None:
+    group: dict[str, Any] = {
+        "scenario": "group",
+        "sizes": [
+            {"members": 10, "delivery_frames": {"deliveries": 1000, "duplicate_frames": 30}},
+            {"members": 100, "delivery_frames": {"deliveries": 3000, "duplicate_frames": 10}},
+        ],
+        "server_total": {"messaging_fanout_deliveries_total": 4000.0, OUT_OF_ORDER: 40.0},
+    }
+    for size in group["sizes"]:
+        frames = size["delivery_frames"]
+        frames["duplicate_ratio"] = frames["duplicate_frames"] / frames["deliveries"]
+    order = delivery_order(group)
+    assert order == {
+        "live_pushes": 4000.0,
+        "out_of_order_live_pushes": 40.0,
+        "out_of_order_ratio": 0.01,
+        "deliveries": 4000,
+        "duplicate_frames": 40,
+        "duplicate_ratio": 0.01,
+    }
+    verdicts = {
+        t["target"]: t["met"]
+        for t in targets({"group": group}, {})
+        if "duplicate message frames" in t["target"]
+    }
+    assert verdicts == {
+        "group 10 members: duplicate message frames <= 1 % of deliveries": False,
+        "group 100 members: duplicate message frames <= 1 % of deliveries": True,
+    }

@@ -645,6 +645,29 @@ def charts(report: Mapping[str, Any], out_dir: Path) -> list[str]:
         ax.grid(alpha=0.3)
         save(fig, "latency-vs-load.png")
 
+    cost = (direct or {}).get("cpu_cost")
+    fit = (cost or {}).get("per_acked_send") or {}
+    if cost and cost["points"]:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        xs = [p["acked_per_s"] for p in cost["points"]]
+        ax.plot(xs, [p["app_cpu_pct"] for p in cost["points"]], "o", label="load phases")
+        if cost["idle_measured_pct"] is not None:
+            ax.plot([0], [cost["idle_measured_pct"]], "s", color="grey", label="idle, measured")
+        if fit.get("cpu_ms") is not None:
+            top = max(xs)
+            ax.plot(
+                [0, top],
+                [fit["intercept_pct"], fit["intercept_pct"] + fit["cpu_ms"] / 10 * top],
+                "--",
+                label=f"{fit['cpu_ms']:.2f} ms per acked send",
+            )
+        ax.set_xlabel("acknowledged sends/s")
+        ax.set_ylabel("app CPU, % of one core")
+        ax.set_title("direct: app CPU against load")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        save(fig, "cpu-vs-load.png")
+
     for name, result in scenarios.items():
         phases = _phases(result)
         if not phases or not any(p["timeline"] for p in phases):
