@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Fine enough below 100 ms for the bench's per-hop p50/p99 (estimated from these buckets).
-LIVE_ORDER_ENTRIES = 50_000
+LIVE_ORDER_ENTRIES = 20_000
 """How many (connection, chat) pairs :meth:`Metrics.pushed_live` remembers (oldest forgotten
 first: a forgotten pair only misses an out-of-order count, never affects a delivery)."""
 

@@ -322,9 +322,10 @@ def phase_table(scenarios: Iterable[Mapping[str, Any]]) -> list[str]:
                 "errors",
                 "app CPU %",
                 "app RSS MB",
+                "dup/out-of-order frames",
             ]
         ),
-        _row(["---"] * 9),
+        _row(["---"] * 10),
     ]
     for result in scenarios:
         for phase in _phases(result):
@@ -349,6 +350,8 @@ def phase_table(scenarios: Iterable[Mapping[str, Any]]) -> list[str]:
                         sum(phase["errors"].values()) or 0,
                         cpu,
                         rss,
+                        f"{phase.get('duplicate_frames', '-')}/"
+                        f"{phase.get('server', {}).get(OUT_OF_ORDER, 0):.0f}",
                     ]
                 )
             )
