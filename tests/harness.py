@@ -45,6 +45,8 @@ class AppProcess:
             "MESSAGING_INSTANCE_ID": self.instance_id,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.serve_args: list[str] = []
+        """Extra arguments of ``messaging serve`` (e.g. ``--workers 2``)."""
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         self.log_path = ARTIFACTS / f"app-{self.instance_id}.log"
 
@@ -59,7 +61,7 @@ class AppProcess:
     def start(self, timeout: float = 30.0) -> AppProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "messaging", "serve"],
+            [sys.executable, "-m", "messaging", "serve", *self.serve_args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

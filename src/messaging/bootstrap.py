@@ -332,7 +332,7 @@ def create_app(settings: Settings) -> Starlette:
         *durability_api.OPERATIONS,
     ]
     routes: list[BaseRoute] = [
-        *health.routes(lambda: late.get().checks),
+        *health.routes(lambda: late.get().checks, settings.instance_id),
         *metrics_routes.routes(metrics.registry),
         *identity_api.routes(
             lambda: late.get().identity, lambda: late.get().tokens, dev_routes=dev_otp

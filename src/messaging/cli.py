@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -21,7 +20,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="messaging", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("serve", help="run the app with uvicorn (MESSAGING_HOST/MESSAGING_PORT)")
+    serve = commands.add_parser(
+        "serve", help="run the app with uvicorn (MESSAGING_HOST/MESSAGING_PORT)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="app processes sharing the port with SO_REUSEPORT, one per core (default 1)",
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     stack = commands.add_parser("stack", help="the local Kafka, DynamoDB API and Redis")
     stack_cmds = stack.add_subparsers(dest="stack_command", required=True)
@@ -58,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "serve":
-        return _serve(settings)
+        return _serve(settings, args.workers, args.reuse_port)
     if args.command == "stack":
         return _stack(settings, args)
     if args.command == "db":
@@ -74,45 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _serve(settings: Settings) -> int:
-    import uvicorn
+def _serve(settings: Settings, workers: int, reuse_port: bool) -> int:
+    from messaging import serving
 
-    from messaging.bootstrap import create_app
-    from messaging.connection.transport import LeanWebSocketProtocol
-
-    app = create_app(settings)
-
-    class DrainingServer(uvicorn.Server):
-        """On SIGTERM: stop accepting, close our sockets with 1001, then uvicorn's shutdown
-        (wait for requests, then the lifespan, which stops loops and clients in order)."""
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            for server in self.servers:
-                server.close()
-            await app.state.drain()
-            await super().shutdown(sockets)
-
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        # uvicorn's "websockets-sansio" protocol, minus the handshake it keeps in memory.
-        ws=LeanWebSocketProtocol,
-        ws_max_size=1 << 20,
-        # No permessage-deflate: every socket whose client offers it (every browser does)
-        # would hold two zlib streams, 51 KB per socket measured, twice what the rest of an
-        # idle socket costs; our frames are small JSON (docs/benchmarks.md, memory per socket).
-        ws_per_message_deflate=False,
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        ws_ping_timeout=settings.ws_idle_timeout_seconds,
-        log_level="info",
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-    )
-    DrainingServer(config).run()
-    return 0
+    if workers < 1:
+        print("messaging serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if workers == 1:
+        return serving.serve(settings, reuse_port=reuse_port)
+    return serving.serve_workers(settings, workers)
 
 
 def _stack(settings: Settings, args: argparse.Namespace) -> int:

@@ -58,6 +58,8 @@ async def test_direct_runs_with_its_baselines_and_passes_the_checker(
         "4",
         "--baseline-duration",
         "0.5",
+        "--idle-duration",
+        "1",
     )
     assert report["consistent"] is True
     assert report["failed_scenarios"] == []
@@ -66,6 +68,40 @@ async def test_direct_runs_with_its_baselines_and_passes_the_checker(
     (phase,) = direct["phases"]
     assert phase["acked"] > 0
     assert phase["send_to_ack_ms"]["count"] == phase["acked"]
+    # The price of a message: one closed-loop phase and the idle point give a two-point line
+    # (a sweep gives the least-squares slope); its value on a shared machine is not asserted,
+    # and may even be negative in a 3 s run.
+    assert direct["idle"]["seconds"] == 1
+    assert direct["idle"]["app_cpu_pct"] >= 0
+    cost = direct["cpu_cost"]
+    for key in ("per_acked_send", "per_delivery"):
+        assert isinstance(cost[key]["cpu_ms"], float), cost
+        assert cost[key]["r2"] is None
+        assert "idle point" in cost[key]["method"]
+    assert phase["app_cpu_pct"] >= 0
+    # The per-hop breakdown: every hop of the app measured something in the phase.
+    hops = phase["server"]["hops"]
+    assert phase["server"]["instances"]["differenced"] == 1
+    for name in (
+        "send frame in -> durable -> send_ack queued",
+        "created -> published to Kafka (acknowledged)",
+        "created -> consumed from Kafka by fanout",
+        "created -> handed to the socket's process",
+    ):
+        assert hops[name]["count"] > 0, hops
+        assert hops[name]["p50_ms"] is not None
+        assert hops[name]["p99_ms"] >= hops[name]["p50_ms"]
+    assert phase["client_hops"]["created -> live frame received by the client"]["count"] > 0
+    # Duplicate and out-of-order frames, counted (the targets are for longer runs).
+    frames = direct["delivery_frames"]
+    assert frames["deliveries"] > 0
+    assert frames["duplicate_ratio"] == pytest.approx(
+        frames["duplicate_frames"] / frames["deliveries"], abs=1e-5
+    )
+    order = report["delivery_order"]["direct"]
+    assert order["live_pushes"] > 0
+    assert order["out_of_order_live_pushes"] >= 0
+    assert any("duplicate message frames" in t["target"] for t in report["targets"])
     for verdict in checker_verdicts(direct):
         assert verdict["ok"] is True, verdict["first"]
         assert verdict["violations"] == 0
@@ -87,10 +123,17 @@ async def test_a_group_of_ten_runs_and_passes_the_checker(stack: Settings, tmp_p
         "3",
         "--baselines",
         "none",
+        "--idle-duration",
+        "0",
     )
     assert report["consistent"] is True
     (size,) = report["scenarios"]["group"]["sizes"]
     assert size["members"] == 10
     assert size["phase"]["deliveries"] > 0
+    # Without the idle point a single phase gives no CPU slope, and says so.
+    assert size["idle"] is None
+    assert size["cpu_cost"]["per_delivery"]["cpu_ms"] is None
+    assert "not enough points" in size["cpu_cost"]["per_delivery"]["method"]
+    assert size["delivery_frames"]["deliveries"] > 0
     for verdict in checker_verdicts(report["scenarios"]["group"]):
         assert verdict["ok"] is True, verdict["first"]

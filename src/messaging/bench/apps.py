@@ -81,8 +81,9 @@ def app_env(namespace: Namespace, extra: Mapping[str, str] | None = None) -> dic
 class AppProcess:
     """One ``python -m messaging serve`` on a free port, output to a log file."""
 
-    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path, workers: int = 1) -> None:
         self.name = name
+        self.workers = workers
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -107,7 +108,8 @@ class AppProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                argv or [sys.executable, "-m", "messaging", "serve"],
+                argv
+                or [sys.executable, "-m", "messaging", "serve", "--workers", str(self.workers)],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -125,6 +127,30 @@ class AppProcess:
                         return
                 await asyncio.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready within {seconds:g}s:\n{self.log_tail()}")
+
+    def worker_pids(self) -> list[int]:
+        """The processes that do the work: the workers of ``--workers N``, else the app itself."""
+        if self.workers == 1:
+            return [self.pid]
+        children: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            children += [int(c) for c in (task / "children").read_text().split()]
+        return sorted(children)
+
+    async def wait_workers(self, seconds: float = 60.0) -> None:
+        """With ``--workers N``: until N workers run and fresh connections all find them ready."""
+        deadline = time.monotonic() + seconds
+        streak = 0
+        while time.monotonic() < deadline and streak < 4 * self.workers:
+            ok = len(self.worker_pids()) == self.workers
+            if ok:
+                async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:
+                    with contextlib.suppress(httpx.HTTPError):
+                        ok = (await http.get(self.base_url + "/readyz")).status_code == 200
+            streak = streak + 1 if ok else 0
+            await asyncio.sleep(0.05)
+        if streak < 4 * self.workers:
+            raise RuntimeError(f"{self.name}: workers not ready within {seconds:g}s")
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -147,16 +173,27 @@ class AppProcess:
 
 
 async def start_apps(
-    count: int, namespace: Namespace, log_dir: Path, extra_env: Mapping[str, str] | None = None
+    count: int,
+    namespace: Namespace,
+    log_dir: Path,
+    extra_env: Mapping[str, str] | None = None,
+    workers: int = 1,
 ) -> list[AppProcess]:
     apps = [
-        AppProcess(f"bench-{namespace.run_id}-app{i + 1}", app_env(namespace, extra_env), log_dir)
+        AppProcess(
+            f"bench-{namespace.run_id}-app{i + 1}",
+            app_env(namespace, extra_env),
+            log_dir,
+            workers,
+        )
         for i in range(count)
     ]
     try:
         for app in apps:
             app.spawn()
         await asyncio.gather(*(app.wait_healthy() for app in apps))
+        if workers > 1:
+            await asyncio.gather(*(app.wait_workers() for app in apps))
     except BaseException:
         for app in apps:
             app.stop(5.0)

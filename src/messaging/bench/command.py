@@ -64,6 +64,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", help="target a running app instead of starting processes")
     parser.add_argument("--app-pid", type=int, help="with --url: the app's pid, for CPU and RSS")
     parser.add_argument("--apps", type=int, default=1, help="app processes to start (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="each app as `serve --workers N` (default 1)"
+    )
     parser.add_argument("--rate", type=_bounded(0.1, 1e6), help="open loop: sends per second")
     parser.add_argument(
         "--concurrency", type=int, default=16, help="closed loop: sends in flight (default 16)"
@@ -94,6 +97,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=_floats,
         default=(),
         help="direct: after a closed-loop max, open loop at these fractions of it (0.25,0.5,...)",
+    )
+    parser.add_argument(
+        "--idle-duration",
+        type=_bounded(0, 60),
+        default=3.0,
+        help="direct/group: seconds with clients connected and nothing sent, for the app's "
+        "idle CPU (0: skip; default 3)",
     )
     parser.add_argument("--text-size", type=int, default=64, help="bytes of text per message")
     parser.add_argument(
@@ -146,6 +156,7 @@ def options_from(args: argparse.Namespace) -> Options:
         baselines=chosen,
         baseline_duration=args.baseline_duration,
         ack_interval=args.ack_interval,
+        idle_duration=args.idle_duration,
     )
 
 
@@ -219,6 +230,7 @@ async def _main(settings: Settings, args: argparse.Namespace, options: Options) 
             "out_dir": str(out_dir),
             "target": args.url or "own app processes",
             "apps": args.apps if managed else None,
+            "workers": args.workers if managed else None,
             "options": attrs.asdict(
                 options,
                 value_serializer=lambda _i, _a, v: sorted(v) if isinstance(v, frozenset) else v,
@@ -228,6 +240,11 @@ async def _main(settings: Settings, args: argparse.Namespace, options: Options) 
         "baselines": base,
         "scenarios": results,
         "failed_scenarios": failures,
+        "delivery_order": {
+            name: order
+            for name, result in results.items()
+            if (order := report.delivery_order(result)) is not None
+        },
         "targets": report.targets(results, base),
         "ratios": report.ratios(results.values(), base),
         "consistent": consistent,
@@ -315,6 +332,7 @@ async def _scenario(
     from messaging.bench import apps as app_procs
     from messaging.bench.population import Population
     from messaging.bench.scenarios import SCENARIOS, Context
+    from messaging.bench.server import metrics_delta
 
     say(f"===== scenario {name}")
     processes: list[app_procs.AppProcess] = []
@@ -323,14 +341,16 @@ async def _scenario(
             # The stack is shared: another run may be restarting a service right now.
             await app_procs.wait_for_stack(settings, say)
             try:
-                processes = await app_procs.start_apps(args.apps, namespace, out_dir)
+                processes = await app_procs.start_apps(
+                    args.apps, namespace, out_dir, workers=args.workers
+                )
                 break
             except RuntimeError as exc:
                 if attempt == 2:
                     raise
                 say(f"app start failed ({str(exc).splitlines()[0]}); retrying")
         base_urls = [p.base_url for p in processes]
-        pids = [p.pid for p in processes]
+        pids = [pid for p in processes for pid in p.worker_pids()]
         say(
             f"started {len(processes)} app process(es): "
             + ", ".join(f"{p.base_url} (pid {p.pid})" for p in processes)
@@ -352,10 +372,13 @@ async def _scenario(
         app_pids=pids,
         population=population,
         stack=app_procs.stack_pids(settings),
+        workers=args.workers if args.url is None else 1,
     )
     began = time.monotonic()
     try:
+        before = await ctx.scrape()
         result = await SCENARIOS[name](ctx)
+        result["server_total"] = metrics_delta(before, await ctx.scrape())
     finally:
         await population.aclose()
         for i in range(len(pids)):

@@ -30,6 +30,7 @@ from messaging.client import (
     SendResult,
 )
 from messaging.client.errors import AuthRejected, ClientClosed
+from messaging.client.history import now_ms
 
 Say = Callable[[str], None]
 
@@ -94,6 +95,9 @@ class Recorder:
         self.timeline: list[dict[str, Any]] = []
         self.window_start = time.monotonic()
         self.window_end: float | None = None
+        self.window_start_ms = now_ms()
+        self.window_end_ms: int | None = None
+        """The window in wall-clock milliseconds, to compare with the histories' times."""
         self._text_pad = "x" * max(0, text_size - 24)
         self._ids = itertools.count(1)
         self._tag = tag
@@ -116,11 +120,14 @@ class Recorder:
         self.timeline.clear()
         self.window_start = time.monotonic()
         self.window_end = None
+        self.window_start_ms = now_ms()
+        self.window_end_ms = None
         self._last = (self.window_start, 0, 0, 0, 0)
 
     def end_window(self) -> None:
         if self.window_end is None:
             self.window_end = time.monotonic()
+            self.window_end_ms = now_ms()
 
     @property
     def window_seconds(self) -> float:
@@ -382,6 +389,30 @@ class Fleet:
             for code, count in stats.close_codes.items():
                 close_codes[str(code)] += count
         return {**dict(totals), "close_codes": dict(close_codes), "clients": len(self.members)}
+
+
+def client_hops(members: Sequence[Member], start_ms: int, end_ms: int | None) -> dict[str, Any]:
+    """The last hops, from the members' recorded histories (wall-clock milliseconds of one
+    machine, so 1 ms resolution), for the messages created in ``[start_ms, end_ms]``: from the
+    message's ``created_at`` to its live frame reaching a client, and from there to the
+    application taking it (time held for order plus time queued); replayed messages apart."""
+    end = end_ms if end_ms is not None else now_ms()
+    to_socket, to_app, replayed = Latency(), Latency(), Latency()
+    for member in members:
+        for record in member.history.received:
+            if not start_ms <= record.created_at_ms <= end:
+                continue
+            if record.replay:
+                replayed.record(max(0, record.received_at_ms - record.created_at_ms) / 1000)
+                continue
+            to_socket.record(max(0, record.received_at_ms - record.created_at_ms) / 1000)
+            if record.delivered_at_ms is not None:
+                to_app.record(max(0, record.delivered_at_ms - record.received_at_ms) / 1000)
+    return {
+        "created -> live frame received by the client": to_socket.summary(),
+        "live frame received -> taken by the application": to_app.summary(),
+        "created -> replayed frame received (sync)": replayed.summary(),
+    }
 
 
 async def closed_loop(

@@ -30,5 +30,7 @@ class Options:
     baselines: frozenset[str] = frozenset({"dynamodb", "kafka", "echo"})
     baseline_duration: float = 5.0
     connect_concurrency: int = 64
+    idle_duration: float = 3.0
+    """Seconds of no traffic, clients connected, before the load: the CPU cost's idle point."""
     ack_interval: float = 0.1
     """The client library's ack batching interval (its default: 0.1 s)."""

@@ -10,8 +10,14 @@ from typing import Any
 
 import orjson
 
+from messaging.bench.cost import describe
+from messaging.bench.server import OUT_OF_ORDER
+
 KB = 1024
 TARGET_PER_CONNECTION_BYTES = 30 * KB
+TARGET_DUPLICATE_RATIO = 0.01
+TARGET_CPU_MS_PER_DIRECT_MESSAGE = 2.0
+TARGET_IDLE_CPU_PCT = 3.0
 
 
 def _ratio(value: float | None, limit: float | None) -> float | None:
@@ -176,7 +182,114 @@ def targets(
             f"{c['seconds']} s, {c['messages_per_s']:.0f} msgs/s, "
             f"{c['slow_consumer_disconnects']} slow-consumer disconnects",
         )
+    if direct is not None and direct.get("cpu_cost"):
+        fit = direct["cpu_cost"]["per_acked_send"]
+        if fit["cpu_ms"] is not None:
+            value = fit["cpu_ms"]
+            r = _ratio(value, TARGET_CPU_MS_PER_DIRECT_MESSAGE)
+            target(
+                "app CPU per 1:1 message (send through delivery ack) <= 2 ms",
+                value,
+                TARGET_CPU_MS_PER_DIRECT_MESSAGE,
+                r,
+                r is not None and r <= 1.0,
+                fit["method"] + ("" if fit["r2"] is None else f", r²={fit['r2']:.2f}"),
+            )
+    if conns is not None and conns.get("idle_processes"):
+        value = sum(
+            v["cpu_pct_avg"] for k, v in conns["idle_processes"].items() if k.startswith("app")
+        )
+        r = _ratio(value, TARGET_IDLE_CPU_PCT)
+        target(
+            f"idle CPU of an app with {conns['opened']} idle sockets <= 3 % of a core",
+            round(value, 1),
+            TARGET_IDLE_CPU_PCT,
+            r,
+            None if conns["opened"] < 1000 else r is not None and r <= 1.0,
+            f"held {conns['hold_seconds']:g} s",
+        )
+    for name in ("direct", "group"):
+        result = scenarios.get(name)
+        if result is None:
+            continue
+        for label, part in _checked_parts(name, result):
+            frames = part.get("delivery_frames")
+            if not frames or frames["duplicate_ratio"] is None:
+                continue
+            value = frames["duplicate_ratio"]
+            r = _ratio(value, TARGET_DUPLICATE_RATIO)
+            target(
+                f"{label}: duplicate message frames <= 1 % of deliveries",
+                value,
+                TARGET_DUPLICATE_RATIO,
+                r,
+                r is not None and r <= 1.0,
+                f"{frames['duplicate_frames']} duplicate frames, {frames['deliveries']} deliveries",
+            )
     return out
+
+
+def delivery_order(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A scenario's out-of-order live pushes (the app's counter over the whole scenario) as a
+    share of its live pushes, and its duplicate frames (the clients' count) of deliveries."""
+    total = result.get("server_total")
+    parts = [p for _, p in _checked_parts(str(result["scenario"]), result)]
+    frames = [p["delivery_frames"] for p in parts if p.get("delivery_frames")]
+    if total is None and not frames:
+        return None
+    pushes = (total or {}).get("messaging_fanout_deliveries_total", 0)
+    late = (total or {}).get(OUT_OF_ORDER, 0)
+    deliveries = sum(f["deliveries"] for f in frames)
+    duplicates = sum(f["duplicate_frames"] for f in frames)
+    return {
+        "live_pushes": pushes,
+        "out_of_order_live_pushes": late,
+        "out_of_order_ratio": round(late / pushes, 5) if pushes else None,
+        "deliveries": deliveries,
+        "duplicate_frames": duplicates,
+        "duplicate_ratio": round(duplicates / deliveries, 5) if deliveries else None,
+    }
+
+
+def _cost_parts(name: str, result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    if "sizes" in result:
+        return [
+            (f"{name} {s['members']} members", s["cpu_cost"])
+            for s in result["sizes"]
+            if s.get("cpu_cost")
+        ]
+    return [(name, result["cpu_cost"])] if result.get("cpu_cost") else []
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def hop_rows(scenarios: Iterable[Mapping[str, Any]]) -> list[list[str]]:
+    """Per phase: the server's hops (from /metrics buckets), the clients' last hops (from the
+    histories) and the end-to-end send->deliver."""
+    rows: list[list[str]] = []
+
+    def add(label: str, hop: str, count: Any, p50: Any, p99: Any, mean: Any) -> None:
+        rows.append([label, hop, _fmt(count), _ms(p50), _ms(p99), _ms(mean)])
+
+    for result in scenarios:
+        for phase in _phases(result):
+            label = f"{result['scenario']}/{phase['label']}"
+            ack = phase["send_to_ack_ms"]
+            add(label, "bench: send -> send_ack", ack["count"], ack["p50"], ack["p99"], ack["mean"])
+            for hop, h in (phase.get("server", {}).get("hops") or {}).items():
+                add(label, f"app: {hop}", h["count"], h["p50_ms"], h["p99_ms"], h["mean_ms"])
+            for hop, h in (phase.get("client_hops") or {}).items():
+                if h["count"]:
+                    add(label, f"client: {hop}", h["count"], h["p50"], h["p99"], h["mean"])
+            dl = phase["send_to_deliver_ms"]
+            add(label, "bench: send -> delivered", dl["count"], dl["p50"], dl["p99"], dl["mean"])
+    return rows
 
 
 # ---------------------------------------------------------------- text
@@ -209,9 +322,10 @@ def phase_table(scenarios: Iterable[Mapping[str, Any]]) -> list[str]:
                 "errors",
                 "app CPU %",
                 "app RSS MB",
+                "dup/out-of-order frames",
             ]
         ),
-        _row(["---"] * 9),
+        _row(["---"] * 10),
     ]
     for result in scenarios:
         for phase in _phases(result):
@@ -236,6 +350,8 @@ def phase_table(scenarios: Iterable[Mapping[str, Any]]) -> list[str]:
                         sum(phase["errors"].values()) or 0,
                         cpu,
                         rss,
+                        f"{phase.get('duplicate_frames', '-')}/"
+                        f"{phase.get('server', {}).get(OUT_OF_ORDER, 0):.0f}",
                     ]
                 )
             )
@@ -258,6 +374,41 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     out.append("## Phases")
     out.append("")
     out.extend(phase_table(report["scenarios"].values()))
+    costs = [
+        (label, cost)
+        for name, result in report["scenarios"].items()
+        for label, cost in _cost_parts(name, result)
+    ]
+    if costs:
+        out.append("")
+        out.append("## Cost per message (app CPU)")
+        out.append("")
+        out.append(
+            "The slope of the app's CPU over the load phases (least squares; the sweep's "
+            "open-loop phases when there are any), its intercept, and the CPU measured with "
+            "every client connected and nothing sent. Per acked send and per delivery are two "
+            "views of the same CPU."
+        )
+        out.append("")
+        for label, cost in costs:
+            out.append(f"- {label}: {describe(cost)}")
+    hops = hop_rows(report["scenarios"].values())
+    if hops:
+        out.append("")
+        out.append("## Per-hop latency")
+        out.append("")
+        out.append(
+            "`created` is the message's `created_at`, taken by the app just before its append "
+            "transaction: the app's hops after the first, and the client's first, all count "
+            "from it (cumulative; differences of the means are the hops' own shares). App hops: "
+            "p50/p99 estimated from the /metrics buckets, differenced between the phase's start "
+            "and its end (after the drain of its sends), over every instance scraped at both "
+            "ends. Client hops: wall clock, 1 ms resolution, messages created in the window."
+        )
+        out.append("")
+        out.append(_row(["scenario/phase", "hop", "count", "p50 ms", "p99 ms", "mean ms"]))
+        out.append(_row(["---"] * 6))
+        out.extend(_row(r) for r in hops)
     base = report["baselines"]
     out.append("")
     out.append("## Baselines (limits)")
@@ -356,6 +507,18 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
                 f"{stats.get('close_codes', {})}"
             )
     for name, result in report["scenarios"].items():
+        order = delivery_order(result)
+        if order is None or not (order["deliveries"] or order["live_pushes"]):
+            continue
+        out.append(
+            f"- {name} delivery frames: {order['duplicate_frames']:,} duplicate frames dropped "
+            f"by the clients = {_pct(order['duplicate_ratio'])} of {order['deliveries']:,} "
+            f"deliveries (target <= 1 %); {order['out_of_order_live_pushes']:,.0f} live "
+            f"pushes below a sequence already pushed live to the same socket "
+            f"({_pct(order['out_of_order_ratio'])} of {order['live_pushes']:,.0f} live pushes, "
+            f"the app's `{OUT_OF_ORDER}`)"
+        )
+    for name, result in report["scenarios"].items():
         if name == "connections":
             out.append(
                 f"- connections: {result['opened']:,} sockets opened ({result['failed']} failed) "
@@ -382,6 +545,29 @@ def _checked_parts(name: str, result: Mapping[str, Any]) -> list[tuple[str, Mapp
 def console_summary(report: Mapping[str, Any]) -> str:
     lines = ["", "=" * 100, "SUMMARY", ""]
     lines.extend(phase_table(report["scenarios"].values()))
+    lines.append("")
+    for name, result in report["scenarios"].items():
+        for label, cost in _cost_parts(name, result):
+            lines.append(f"cost {label}: {describe(cost)}")
+        order = delivery_order(result)
+        if order is not None and (order["deliveries"] or order["live_pushes"]):
+            lines.append(
+                f"frames {name}: duplicates {order['duplicate_frames']} = "
+                f"{_pct(order['duplicate_ratio'])} of deliveries; out-of-order live pushes "
+                f"{order['out_of_order_live_pushes']:.0f} = {_pct(order['out_of_order_ratio'])}"
+            )
+    for result in report["scenarios"].values():
+        for phase in _phases(result):
+            hops = phase.get("server", {}).get("hops") or {}
+            if any(h["count"] for h in hops.values()):
+                lines.append(
+                    f"hops {result['scenario']}/{phase['label']} p50/p99 ms: "
+                    + "; ".join(
+                        f"{hop} {_ms(h['p50_ms'])}/{_ms(h['p99_ms'])}"
+                        for hop, h in hops.items()
+                        if h["count"]
+                    )
+                )
     lines.append("")
     for t in report["targets"]:
         met = {True: "MET", False: "MISSED", None: "-"}[t["met"]]
@@ -461,6 +647,29 @@ def charts(report: Mapping[str, Any], out_dir: Path) -> list[str]:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         save(fig, "latency-vs-load.png")
+
+    cost = (direct or {}).get("cpu_cost")
+    fit = (cost or {}).get("per_acked_send") or {}
+    if cost and cost["points"]:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        xs = [p["acked_per_s"] for p in cost["points"]]
+        ax.plot(xs, [p["app_cpu_pct"] for p in cost["points"]], "o", label="load phases")
+        if cost["idle_measured_pct"] is not None:
+            ax.plot([0], [cost["idle_measured_pct"]], "s", color="grey", label="idle, measured")
+        if fit.get("cpu_ms") is not None:
+            top = max(xs)
+            ax.plot(
+                [0, top],
+                [fit["intercept_pct"], fit["intercept_pct"] + fit["cpu_ms"] / 10 * top],
+                "--",
+                label=f"{fit['cpu_ms']:.2f} ms per acked send",
+            )
+        ax.set_xlabel("acknowledged sends/s")
+        ax.set_ylabel("app CPU, % of one core")
+        ax.set_title("direct: app CPU against load")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        save(fig, "cpu-vs-load.png")
 
     for name, result in scenarios.items():
         phases = _phases(result)

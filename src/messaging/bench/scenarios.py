@@ -14,22 +14,22 @@ import os
 import random
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from messaging.bench import baselines
 from messaging.bench.apps import Namespace, stack_pids
 from messaging.bench.consistency import run_checker
+from messaging.bench.cost import cpu_cost
 from messaging.bench.load import (
     Fleet,
     Recorder,
     Target,
+    client_hops,
     closed_loop,
     drain,
     open_loop,
@@ -38,6 +38,8 @@ from messaging.bench.load import (
 from messaging.bench.options import Options
 from messaging.bench.population import Population, User
 from messaging.bench.procstat import Sampler, rss_bytes
+from messaging.bench.server import Scrape, metrics_delta, scrape
+from messaging.bench.server import value as server_value
 from messaging.client import ClientOptions, History
 from messaging.settings import Settings
 
@@ -57,6 +59,8 @@ class Context:
     population: Population
     stack: dict[str, int] = attrs.field(factory=dict)
     """The stack's pids when the scenario started."""
+    workers: int = 1
+    """App instances behind each base URL (``serve --workers N``)."""
     disruptions: list[str] = attrs.field(factory=list)
     """Stack services that stopped or restarted during the scenario (other runs share it)."""
 
@@ -88,65 +92,12 @@ class Context:
         base = self.base_urls[index % len(self.base_urls)]
         return base.replace("http://", "ws://", 1) + "/v1/ws"
 
+    def app_cpu(self, processes: Mapping[str, Mapping[str, float]]) -> float:
+        """The app processes' CPU, % of one core, summed (workers included)."""
+        return round(sum(v["cpu_pct_avg"] for k, v in processes.items() if k.startswith("app")), 1)
 
-# ---------------------------------------------------------------- server metrics
-
-_COUNTERS = (
-    "messaging_sends",
-    "messaging_ws_slow_consumer_disconnects",
-    "messaging_fanout_deliveries",
-    "messaging_outbox_published",
-    "messaging_outbox_publish_failures",
-    "messaging_dynamodb_errors",
-    "messaging_sync_replayed_messages",
-    "messaging_ws_closes",
-)
-_HISTOGRAMS = (
-    "messaging_send_seconds",
-    "messaging_dynamodb_call_seconds",
-    "messaging_fanout_persist_to_handoff_seconds",
-)
-
-
-async def scrape(base_urls: Sequence[str]) -> dict[str, float]:
-    """Selected /metrics series summed over the app processes, flattened to ``name{labels}``."""
-    out: dict[str, float] = defaultdict(float)
-    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
-        for base in base_urls:
-            try:
-                text = (await http.get(base + "/metrics")).text
-            except httpx.HTTPError:
-                continue
-            for family in text_string_to_metric_families(text):
-                if family.name not in (*_COUNTERS, *_HISTOGRAMS, "messaging_ws_connections"):
-                    continue
-                for sample in family.samples:
-                    if sample.name.endswith("_bucket") or sample.name.endswith("_created"):
-                        continue
-                    labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                    out[f"{sample.name}{{{labels}}}" if labels else sample.name] += sample.value
-    return dict(out)
-
-
-def metrics_delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, Any]:
-    """Counter increments, and for each histogram series its calls and mean in ms."""
-    delta = {k: after[k] - before.get(k, 0.0) for k in after}
-    out: dict[str, Any] = {}
-    for key, value in sorted(delta.items()):
-        if "_sum" in key or "_count" in key or key.startswith("messaging_ws_connections"):
-            continue
-        if value:
-            out[key] = round(value, 3)
-    for key, count in sorted(delta.items()):
-        if "_count" not in key or not count:
-            continue
-        total = delta.get(key.replace("_count", "_sum"), 0.0)
-        out[key.replace("_count", "")] = {
-            "calls": int(count),
-            "mean_ms": round(1000 * total / count, 3),
-        }
-    out["messaging_ws_connections"] = after.get("messaging_ws_connections", 0.0)
-    return out
+    async def scrape(self) -> Scrape:
+        return await scrape(self.base_urls, self.workers)
 
 
 # ---------------------------------------------------------------- shared machinery
@@ -186,10 +137,14 @@ async def run_phase(
     concurrency: int,
     duration: float,
     await_deliveries: int = 0,
+    fleet: Fleet | None = None,
 ) -> dict[str, Any]:
-    """One measured load phase (after a warm-up), then the drain of its unanswered sends."""
+    """One measured load phase (after a warm-up), then the drain of its unanswered sends.
+    With ``fleet``: the client-side hops of the messages created in the measured window, and
+    the duplicate frames its clients dropped during the phase."""
     opts = ctx.options
-    before = await scrape(ctx.base_urls)
+    duplicates_before = _duplicate_frames(fleet)
+    before = await ctx.scrape()
     ctx.sampler.restart()
     recorder.expect_fanout(await_deliveries)
     if rate is not None:
@@ -220,8 +175,8 @@ async def run_phase(
     processes = ctx.sampler.totals()
     summary = recorder.summary()
     unfinished = await drain(recorder, opts.drain_timeout)
-    after = await scrape(ctx.base_urls)
-    return {
+    after = await ctx.scrape()
+    phase = {
         "label": label,
         "mode": "open" if rate is not None else "closed",
         "offered_rate": rate,
@@ -230,8 +185,35 @@ async def run_phase(
         "unfinished_after_drain": unfinished,
         "timeline": list(recorder.timeline),
         "processes": processes,
+        "app_cpu_pct": ctx.app_cpu(processes),
         "server": metrics_delta(before, after),
     }
+    if fleet is not None:
+        phase["client_hops"] = client_hops(
+            fleet.members, recorder.window_start_ms, recorder.window_end_ms
+        )
+        phase["duplicate_frames"] = _duplicate_frames(fleet) - duplicates_before
+    return phase
+
+
+def _duplicate_frames(fleet: Fleet | None) -> int:
+    if fleet is None:
+        return 0
+    return sum(m.client.stats.duplicates for m in fleet.members)
+
+
+async def idle_point(ctx: Context, label: str) -> dict[str, Any] | None:
+    """The app's CPU with every client connected and nothing sent for ``--idle-duration``
+    seconds (None when 0): the measured zero-load point of the CPU cost line."""
+    seconds = ctx.options.idle_duration
+    if seconds <= 0:
+        return None
+    ctx.sampler.restart()
+    await asyncio.sleep(seconds)
+    processes = ctx.sampler.totals()
+    idle = {"seconds": seconds, "app_cpu_pct": ctx.app_cpu(processes), "processes": processes}
+    ctx.say(f"{label}: idle (connected, nothing sent) app CPU {idle['app_cpu_pct']:.1f}%")
+    return idle
 
 
 async def warm_fanout(ctx: Context, fleet: Fleet, target: Target, seconds: float = 60.0) -> float:
@@ -270,6 +252,7 @@ async def finish(
         for line in missing[:5]:
             ctx.say(f"  {line}")
     stats = fleet.client_stats()
+    deliveries = sum(m.deliveries for m in fleet.members)
     await fleet.close()
     ctx.say(f"checking {len(fleet.members)} histories ...")
     verdict = run_checker(fleet.members, starts, extra=extra)
@@ -281,10 +264,21 @@ async def finish(
     )
     for line in verdict["first"][:5]:
         ctx.say(f"  {line}")
+    frames = {
+        "deliveries": deliveries,
+        "duplicate_frames": stats["duplicates"],
+        "duplicate_ratio": round(stats["duplicates"] / deliveries, 5) if deliveries else None,
+        "gaps_detected": stats["gaps_detected"],
+    }
+    ctx.say(
+        f"delivery frames: {deliveries} delivered, {frames['duplicate_frames']} duplicate "
+        f"frame(s) dropped by the clients, {frames['gaps_detected']} gap(s) seen"
+    )
     return {
         "incomplete_after_drain": len(missing),
         "incomplete_examples": missing[:10],
         "client_stats": stats,
+        "delivery_frames": frames,
         "checker": verdict,
     }
 
@@ -310,6 +304,7 @@ async def direct(ctx: Context) -> dict[str, Any]:
     # Senders: side A of every chat first, so that k workers write k different chats.
     targets = [Target(m, m.chats[0]) for m in members]
     await warm_fanout(ctx, fleet, targets[0])
+    idle = await idle_point(ctx, "direct")
     phases: list[dict[str, Any]] = []
     if opts.sweep:
         top = await run_phase(
@@ -320,6 +315,7 @@ async def direct(ctx: Context) -> dict[str, Any]:
             rate=None,
             concurrency=opts.concurrency,
             duration=opts.duration,
+            fleet=fleet,
         )
         phases.append(top)
         peak = max(top["acked_per_s"], 1.0)
@@ -333,6 +329,7 @@ async def direct(ctx: Context) -> dict[str, Any]:
                     rate=round(peak * fraction, 1),
                     concurrency=opts.concurrency,
                     duration=opts.duration,
+                    fleet=fleet,
                 )
             )
     else:
@@ -345,6 +342,7 @@ async def direct(ctx: Context) -> dict[str, Any]:
                 rate=opts.rate,
                 concurrency=opts.concurrency,
                 duration=opts.duration,
+                fleet=fleet,
             )
         )
     result: dict[str, Any] = {
@@ -352,7 +350,9 @@ async def direct(ctx: Context) -> dict[str, Any]:
         "chats": pairs,
         "users": len(users),
         "logins_per_s": round(login_rate, 1),
+        "idle": idle,
         "phases": phases,
+        "cpu_cost": cpu_cost(phases, idle),
     }
     result.update(await finish(ctx, fleet, recorder))
     if "dynamodb" in opts.baselines:
@@ -402,6 +402,7 @@ async def group(ctx: Context) -> dict[str, Any]:
         senders = min(size, opts.senders or opts.concurrency)
         targets = [Target(m, chat.chat_id) for m in members[:senders]]
         await warm_fanout(ctx, fleet, targets[0])
+        idle = await idle_point(ctx, f"group of {size}")
         _restart_totals(ctx)
         phase = await run_phase(
             ctx,
@@ -412,12 +413,15 @@ async def group(ctx: Context) -> dict[str, Any]:
             concurrency=senders,
             duration=opts.duration,
             await_deliveries=0 if opts.rate is not None else size,
+            fleet=fleet,
         )
         entry: dict[str, Any] = {
             "members": size,
             "senders": senders,
             "chat_id": chat.chat_id,
+            "idle": idle,
             "phase": phase,
+            "cpu_cost": cpu_cost([phase], idle),
         }
         entry.update(await finish(ctx, fleet, recorder))
         sizes.append(entry)
@@ -459,13 +463,14 @@ async def catchup(ctx: Context) -> dict[str, Any]:
             rate=None,
             concurrency=senders,
             duration=ctx.options.duration,
+            fleet=fleet,
         )
     finally:
         ctx.options = saved
     head = recorder.max_sequence.get(chat.chat_id, 0)
     ctx.say(f"the offline member now connects and syncs {head} messages")
     # The reader starts from position 0 with an explicit sync, as a device that was offline.
-    before = await scrape(ctx.base_urls)
+    before = await ctx.scrape()
     ctx.sampler.sample()
     _restart_totals(ctx)
     began = time.monotonic()
@@ -488,7 +493,7 @@ async def catchup(ctx: Context) -> dict[str, Any]:
             last = now_at
     seconds = time.monotonic() - began
     caught = late.consumed.get(chat.chat_id, 0)
-    after = await scrape(ctx.base_urls)
+    after = await ctx.scrape()
     processes = ctx.sampler.totals()
     late_stats = catch_fleet.client_stats()
     fleet.members.append(late)
@@ -593,7 +598,7 @@ async def connections(ctx: Context) -> dict[str, Any]:
     failed = sum(int(e.get("failed", 0)) for e in ready.values())
     ctx.say(f"{opened} sockets ready ({failed} failed) in {connect_seconds:.1f}s; settling")
     await asyncio.sleep(3.0)
-    server_view = await scrape(ctx.base_urls)
+    server_view = await ctx.scrape()
     rss_after = rss_bytes(pid) if pid else None
     ctx.sampler.sample()
     _restart_totals(ctx)
@@ -644,7 +649,7 @@ async def connections(ctx: Context) -> dict[str, Any]:
         "failed": failed,
         "connect_seconds": round(connect_seconds, 2),
         "connects_per_s": round(opened / max(connect_seconds, 1e-6), 1),
-        "server_gauge_connections": server_view.get("messaging_ws_connections"),
+        "server_gauge_connections": server_value(server_view, "messaging_ws_connections"),
         "app_rss_before_mb": round((rss_before or 0) / 1_048_576, 1),
         "app_rss_after_mb": round((rss_after or 0) / 1_048_576, 1),
         "app_rss_end_of_hold_mb": round((rss_end or 0) / 1_048_576, 1),
@@ -743,6 +748,7 @@ async def mixed(ctx: Context) -> dict[str, Any]:
             rate=rate,
             concurrency=opts.concurrency,
             duration=opts.duration,
+            fleet=fleet,
         )
     finally:
         churner.cancel()

@@ -50,6 +50,9 @@ class LocalConnections:
             for user in delivery.recipients:
                 for connection in tuple(self._by_user.get(user, ())):
                     if connection.push(frame, "message"):
+                        self._metrics.pushed_live(
+                            connection.connection_id, message.chat_id, message.sequence
+                        )
                         connection.saw(message.chat_id, message.sequence)
                         queued += 1
         self._metrics.fanout_deliveries.inc(queued)

@@ -125,6 +125,11 @@ class OutboxRelay:
             log.warning("publishing %d message(s) failed; the sweeper retries", len(messages))
             return
         self._metrics.published.labels(path).inc(len(messages))
+        self._metrics.since_created(
+            self._metrics.created_to_published.labels(path),
+            (m.created_at_ms for m in messages),
+            self._clock(),
+        )
         try:
             await self._outbox.clear(
                 [OutboxEntry(m.chat_id, m.sequence, m.created_at_ms) for m in messages]

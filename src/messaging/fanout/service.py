@@ -64,6 +64,9 @@ class FanoutService:
             self._direct.popitem(last=False)
 
     async def fan_out(self, messages: Sequence[Message]) -> None:
+        self._metrics.since_created(
+            self._metrics.created_to_consumed, (m.created_at_ms for m in messages), self._clock()
+        )
         by_chat: dict[str, list[Message]] = defaultdict(list)
         for message in messages:
             by_chat[message.chat_id].append(message)
