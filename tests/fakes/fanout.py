@@ -66,17 +66,25 @@ class EventLogPublisher:
 
 class FakeEventSource:
     """One consumer of a group on an :class:`InMemoryEventLog`, from the group's committed
-    offsets. ``fail`` (an exception) makes ``poll`` raise it."""
+    offsets, owning the ``assigned`` partitions (all by default). ``fail`` (an exception) makes
+    ``poll`` raise it."""
 
-    def __init__(self, log: InMemoryEventLog, group: str = "fanout", max_records: int = 500):
+    def __init__(
+        self,
+        log: InMemoryEventLog,
+        group: str = "fanout",
+        max_records: int = 500,
+        assigned: Collection[int] | None = None,
+    ) -> None:
         self.log = log
         self.group = group
         self.max_records = max_records
+        self.assigned = frozenset(range(len(log.partitions)) if assigned is None else assigned)
         self.position = [log.committed.get((group, p), 0) for p in range(len(log.partitions))]
         self.fail: Exception | None = None
 
     def _pending(self) -> bool:
-        return any(len(records) > self.position[p] for p, records in enumerate(self.log.partitions))
+        return any(len(self.log.partitions[p]) > self.position[p] for p in self.assigned)
 
     async def poll(self, timeout_seconds: float) -> EventBatch:
         if self.fail is not None:
@@ -87,7 +95,8 @@ class FakeEventSource:
         undecodable: list[Undecodable] = []
         ends: dict[int, int] = {}
         budget = self.max_records
-        for partition, values in enumerate(self.log.partitions):
+        for partition in sorted(self.assigned):
+            values = self.log.partitions[partition]
             start = self.position[partition]
             taken = values[start : start + budget]
             for offset, value in enumerate(taken, start):
@@ -108,7 +117,7 @@ class FakeEventSource:
             self.log.committed[(self.group, partition)] = end
 
     def lag(self) -> int:
-        return sum(len(values) - self.position[p] for p, values in enumerate(self.log.partitions))
+        return sum(len(self.log.partitions[p]) - self.position[p] for p in self.assigned)
 
 
 # ------------------------------------------------------------------ routes
