@@ -417,26 +417,8 @@ async def build_runtime(
         )
 
 
-def create_app(settings: Settings, *, adapters: AdapterFactory = open_adapters) -> Starlette:
-    """The app; ``adapters`` opens its ports (the real ones unless a test gives fakes)."""
-    metrics = Metrics()
-    process_faults = ProcessFaults() if settings.fault_hooks else None
-    faults: FaultPoints = process_faults or NoFaults()
-
-    async def no_drain() -> None:
-        return None
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        async with build_runtime(settings, metrics, faults, adapters) as runtime:
-            log.info(
-                "instance %s ready on %s:%s", settings.instance_id, settings.host, settings.port
-            )
-            app.state.drain = partial(runtime.gateway.drain, DRAIN_SECONDS)
-            try:
-                yield {"runtime": runtime}
-            finally:
-                app.state.drain = no_drain
+def _routes(settings: Settings, metrics: Metrics, faults: ProcessFaults | None) -> list[BaseRoute]:
+    """Every route; each reads the running app's services from the lifespan state."""
 
     async def websocket(ws: WebSocket) -> None:
         await runtime_of(ws).gateway.handle(ws)
@@ -461,8 +443,12 @@ def create_app(settings: Settings, *, adapters: AdapterFactory = open_adapters) 
         *openapi.routes(operations, version=__version__),
         *pages.routes(),
     ]
-    if process_faults is not None:
-        routes.extend(fault_routes.routes(process_faults))
+    if faults is not None:
+        routes.extend(fault_routes.routes(faults))
+    return routes
+
+
+def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
     middleware = [Middleware(SecurityHeaders)]
     if settings.allowed_origins:
         middleware.append(
@@ -484,9 +470,33 @@ def create_app(settings: Settings, *, adapters: AdapterFactory = open_adapters) 
             on_reject=metrics.limit_rejections.labels("rest_per_address").inc,
         )
     )
+    return middleware
+
+
+def create_app(settings: Settings, *, adapters: AdapterFactory = open_adapters) -> Starlette:
+    """The app; ``adapters`` opens its ports (the real ones unless a test gives fakes)."""
+    metrics = Metrics()
+    process_faults = ProcessFaults() if settings.fault_hooks else None
+    faults: FaultPoints = process_faults or NoFaults()
+
+    async def no_drain() -> None:
+        return None
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with build_runtime(settings, metrics, faults, adapters) as runtime:
+            log.info(
+                "instance %s ready on %s:%s", settings.instance_id, settings.host, settings.port
+            )
+            app.state.drain = partial(runtime.gateway.drain, DRAIN_SECONDS)
+            try:
+                yield {"runtime": runtime}
+            finally:
+                app.state.drain = no_drain
+
     app = Starlette(
-        routes=routes,
-        middleware=middleware,
+        routes=_routes(settings, metrics, process_faults),
+        middleware=_middleware(settings, metrics),
         lifespan=lifespan,
         exception_handlers=handlers(lambda limit: metrics.limit_rejections.labels(limit).inc()),
     )
