@@ -9,7 +9,7 @@ adapters. Adapters raise only the domain's errors (``messaging.domain.errors``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
@@ -127,7 +127,3 @@ class DeadLetters(Protocol):
     async def park(
         self, record: Message | bytes, partition: int, offset: int, reason: str
     ) -> None: ...
-
-
-OnLost = Callable[[str], None]
-"""Told a reason when the route table lost this process's entries (clients should resync)."""
