@@ -99,7 +99,7 @@ class Settings:
     outbox_repair_after_seconds: float = 2.0
     outbox_sweep_interval_seconds: float = 1.0
     routing_ttl_seconds: int = 30
-    fanout_max_attempts: int = 8
+    fanout_max_attempts: int = 20
     """Tries of a batch that fails with a retriable error before it is parked as dead letters
     (docs/adr/0022-fanout-ports-and-error-seams.md)."""
     fanout_max_backoff_seconds: float = 2.0
