@@ -1,8 +1,11 @@
-"""The composition root: the only module that knows every adapter.
+"""The composition root: the only module that knows every adapter (ADR 0022).
 
 ``create_app(settings)`` returns the Starlette application. Nothing is connected at import or
-construction time: the lifespan opens the clients, builds the planes from them, starts the
-background loops, and on shutdown undoes all of it in reverse order:
+construction time: the lifespan opens the adapters (:func:`open_adapters`: the clients and every
+adapter on them, from settings; a test passes its own factory of fakes), builds the planes'
+services from them (:func:`build_services`, no I/O), starts the background loops, and yields
+the :class:`Runtime` as the lifespan state that routes read (:func:`runtime_of`). On shutdown it
+undoes all of it in reverse order:
 
 1. (before the lifespan ends, from ``messaging serve``) stop accepting and close every socket
    with 1001 going away: :func:`drain`;
@@ -20,13 +23,15 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import Any, TypedDict
 
 import attrs
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -43,22 +48,34 @@ from messaging.durability.chats import ChatService
 from messaging.durability.config import DurabilityConfig
 from messaging.durability.ingest import IngestService
 from messaging.durability.outbox import OutboxRelay
+from messaging.durability.ports import MessagePublisher, MessageStore, Outbox
 from messaging.fanout.adapters.kafka_events import KafkaEventSource
+from messaging.fanout.adapters.logged_dead_letters import LoggedDeadLetters
 from messaging.fanout.adapters.redis_handoff import RedisHandoff
 from messaging.fanout.adapters.redis_routing import RedisRoutes
 from messaging.fanout.consumer import FanoutConsumer
+from messaging.fanout.ports import DeadLetters, EventSource, Handoff, HandoffReceiver, RouteTable
 from messaging.fanout.service import FanoutService
 from messaging.identity import api as identity_api
 from messaging.identity.adapters.dynamodb_users import DynamoDeviceSessions, DynamoUserDirectory
 from messaging.identity.adapters.redis_otp import RedisOtpStore, RedisRateLimiter
 from messaging.identity.adapters.senders import DevOtpSender, LogOnlySender
 from messaging.identity.otp import OtpCodes, derive_otp_key
+from messaging.identity.ports import (
+    DeviceSessions,
+    DevOtpInbox,
+    OtpSender,
+    OtpStore,
+    RateLimiter,
+    UserDirectory,
+)
 from messaging.identity.service import IdentityConfig, IdentityService
 from messaging.identity.tokens import JwtTokens
 from messaging.infra.dynamodb import DynamoHealth, Retrier, open_dynamo
 from messaging.infra.kafka import KafkaHealth, open_consumer, open_producer
 from messaging.infra.redis import RedisHealth, open_redis
 from messaging.metrics import Metrics
+from messaging.protocol.delivery import LocalDelivery
 from messaging.protocol.faults import FaultPoints, NoFaults
 from messaging.protocol.frames import WS_PATH
 from messaging.protocol.health import HealthCheck
@@ -123,45 +140,81 @@ class BackgroundTasks:
             await asyncio.gather(task, return_exceptions=True)
 
 
-@attrs.define
-class Runtime:
-    """Everything the running app holds, built by the lifespan."""
+@attrs.frozen(kw_only=True)
+class Adapters:
+    """Every port the planes are built on: opened from settings by :func:`open_adapters`, or
+    given by a test (tests/unit/test_graph_on_fakes.py passes in-memory fakes)."""
 
-    checks: Sequence[HealthCheck]
-    identity: IdentityService  # identity
-    tokens: JwtTokens  # identity: issues and verifies access tokens (a TokenVerifier)
-    chats: ChatService
-    gateway: Gateway
+    # durability
+    store: MessageStore
+    outbox: Outbox
+    publisher: MessagePublisher
+    # identity (``users`` serves durability's ``UserDirectory`` too)
+    users: UserDirectory
+    devices: DeviceSessions
+    otps: OtpStore
+    limiter: RateLimiter
+    otp_sender: OtpSender
+    dev_inbox: DevOtpInbox | None
+    # fanout
+    events: EventSource
+    routes: RouteTable
+    handoff: Handoff
+    receiver: HandoffReceiver
+    dead_letters: DeadLetters
+    checks: tuple[HealthCheck, ...] = ()
+    """Readiness of the clients behind the adapters."""
 
 
-class _Late:
-    """The runtime, once the lifespan has built it; routes read it through ``get``."""
+AdapterFactory = Callable[[Settings, Metrics, LocalDelivery], AbstractAsyncContextManager[Adapters]]
+"""Opens the adapters for a settings object; ``local`` is told when routing state was lost."""
 
-    def __init__(self) -> None:
-        self._runtime: Runtime | None = None
 
-    def get(self) -> Runtime:
-        if self._runtime is None:
-            raise RuntimeError("the app's lifespan has not started")
-        return self._runtime
-
-    def set(self, runtime: Runtime | None) -> None:
-        self._runtime = runtime
+@attrs.frozen
+class _DynamoAdapters:
+    store: DynamoMessageStore
+    outbox: DynamoOutbox
+    users: DynamoUserDirectory
+    devices: DynamoDeviceSessions
+    health: DynamoHealth
 
 
 @asynccontextmanager
-async def build_runtime(
-    settings: Settings, metrics: Metrics, faults: FaultPoints
-) -> AsyncIterator[Runtime]:
-    async with AsyncExitStack() as stack:
-        dynamodb = await stack.enter_async_context(
-            open_dynamo(
-                settings.dynamodb_endpoint,
-                settings.aws_region,
-                client=settings.dynamodb_client,
-                timeout_seconds=settings.dynamodb_deadline_seconds,
-            )
+async def _dynamodb_adapters(
+    settings: Settings, metrics: Metrics
+) -> AsyncIterator[_DynamoAdapters]:
+    """The DynamoDB client and every adapter on it."""
+    async with open_dynamo(
+        settings.dynamodb_endpoint,
+        settings.aws_region,
+        client=settings.dynamodb_client,
+        timeout_seconds=settings.dynamodb_deadline_seconds,
+    ) as dynamodb:
+
+        def observe(what: str, seconds: float, error: str | None) -> None:
+            operation = what.split(" ", 1)[0]
+            metrics.dynamodb_latency.labels(operation).observe(seconds)
+            if error is not None:
+                metrics.dynamodb_errors.labels(operation, error).inc()
+
+        retrier = Retrier(settings.dynamodb_deadline_seconds, observe=observe)
+        prefix = settings.table_prefix
+        yield _DynamoAdapters(
+            store=DynamoMessageStore(dynamodb, prefix, retrier),
+            outbox=DynamoOutbox(dynamodb, prefix, retrier),
+            users=DynamoUserDirectory(dynamodb, prefix, retrier),
+            devices=DynamoDeviceSessions(dynamodb, prefix, retrier),
+            health=DynamoHealth(dynamodb),
         )
+
+
+@asynccontextmanager
+async def open_adapters(
+    settings: Settings, metrics: Metrics, local: LocalDelivery
+) -> AsyncIterator[Adapters]:
+    """The real adapters: DynamoDB, Redis and Kafka clients opened here, closed on exit."""
+    async with AsyncExitStack() as stack:
+        dynamo = await stack.enter_async_context(_dynamodb_adapters(settings, metrics))
         redis = await stack.enter_async_context(open_redis(settings.redis_url))
         producer = await stack.enter_async_context(
             open_producer(settings.kafka_bootstrap, client_id=settings.instance_id)
@@ -175,156 +228,222 @@ async def build_runtime(
                 session_timeout_ms=settings.kafka_session_timeout_ms,
             )
         )
-
-        def observe(what: str, seconds: float, error: str | None) -> None:
-            operation = what.split(" ", 1)[0]
-            metrics.dynamodb_latency.labels(operation).observe(seconds)
-            if error is not None:
-                metrics.dynamodb_errors.labels(operation, error).inc()
-
-        retrier = Retrier(settings.dynamodb_deadline_seconds, observe=observe)
-
-        # identity (Redis keys share the deployment's namespace, the table prefix)
-        tokens = JwtTokens(settings.jwt_secret, settings.jwt_ttl_seconds)
+        # Redis keys share the deployment's namespace, the table prefix.
         dev_sender = (
             DevOtpSender(redis, settings.table_prefix) if settings.otp_sender == "dev" else None
         )
-        users = DynamoUserDirectory(dynamodb, settings.table_prefix, retrier)
-        identity = IdentityService(
-            config=IdentityConfig(
-                otp_ttl_seconds=settings.otp_ttl_seconds,
-                otp_max_attempts=settings.otp_max_attempts,
-                otp_requests_per_phone=settings.otp_requests_per_phone_per_window,
-                otp_requests_per_address=settings.otp_requests_per_address_per_window,
-                rate_window_seconds=settings.otp_rate_window_seconds,
-            ),
-            codes=OtpCodes(derive_otp_key(settings.jwt_secret)),
-            tokens=tokens,
+        handoff = RedisHandoff(redis, settings.instance_id)
+        yield Adapters(
+            store=dynamo.store,
+            outbox=dynamo.outbox,
+            publisher=KafkaMessagePublisher(producer, settings.kafka_messages_topic),
+            users=dynamo.users,
+            devices=dynamo.devices,
             otps=RedisOtpStore(redis, settings.table_prefix),
             limiter=RedisRateLimiter(redis, settings.table_prefix),
-            sender=dev_sender or LogOnlySender(),
-            users=users,
-            devices=DynamoDeviceSessions(dynamodb, settings.table_prefix, retrier),
+            otp_sender=dev_sender or LogOnlySender(),
             dev_inbox=dev_sender,
+            events=KafkaEventSource(consumer),
+            routes=RedisRoutes(
+                redis,
+                settings.instance_id,
+                ttl_seconds=settings.routing_ttl_seconds,
+                on_lost=local.suggest_resync,
+            ),
+            handoff=handoff,
+            receiver=handoff,
+            dead_letters=LoggedDeadLetters(settings.kafka_messages_topic),
+            checks=(KafkaHealth(producer), dynamo.health, RedisHealth(redis)),
         )
 
-        # durability
-        store = DynamoMessageStore(dynamodb, settings.table_prefix, retrier)
-        relay = OutboxRelay(
-            store,
-            DynamoOutbox(dynamodb, settings.table_prefix, retrier),
-            KafkaMessagePublisher(producer, settings.kafka_messages_topic),
-            metrics,
-            repair_after_seconds=settings.outbox_repair_after_seconds,
-            sweep_interval_seconds=settings.outbox_sweep_interval_seconds,
-        )
-        durability_config = DurabilityConfig(
-            max_text_bytes=settings.max_text_bytes,
-            max_group_members=settings.max_group_members,
-            max_chats_per_user=settings.limit_chats_per_user,
-            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-            append_deadline_seconds=settings.dynamodb_deadline_seconds,
-        )
-        ingest = IngestService(store, durability_config, sink=relay, faults=faults)
-        chats = ChatService(store, users, durability_config)
-        acks = DeliveryAcks(
-            store,
-            chats.check_ack,
-            window_seconds=durability_config.ack_window_seconds,
-            pending_limit=durability_config.ack_pending_limit,
-        )
 
-        # connection and fanout
-        local = LocalConnections(metrics)
-        routes = RedisRoutes(
-            redis,
-            settings.instance_id,
-            ttl_seconds=settings.routing_ttl_seconds,
-            on_lost=local.suggest_resync,
-        )
-        handoff = RedisHandoff(redis, settings.instance_id)
-        fanout = FanoutConsumer(
-            KafkaEventSource(consumer),
-            FanoutService(
-                chats,
-                routes,
-                handoff,
-                local,
-                instance_id=settings.instance_id,
-                metrics=metrics,
-                faults=faults,
-            ),
-            metrics,
-        )
-        gateway = Gateway(
-            tokens=tokens,
-            sessions=identity,
-            ingest=ingest,
-            reader=chats,
-            acks=acks,
-            routes=routes,
-            local=local,
-            config=GatewayConfig(
-                outbound_queue_messages=settings.outbound_queue_messages,
-                outbound_queue_bytes=settings.outbound_queue_bytes,
-                max_frame_bytes=settings.ws_max_frame_bytes,
-                auth_timeout_seconds=settings.ws_auth_timeout_seconds,
-                idle_timeout_seconds=settings.ws_idle_timeout_seconds,
-                sync_page_size=settings.sync_page_size,
-                sends=Rate(settings.limit_sends_per_second, settings.limit_sends_burst),
-                syncs=Rate(settings.limit_syncs_per_minute / 60, settings.limit_syncs_per_minute),
-                connections_per_user=settings.limit_connections_per_user,
-                connections_per_address=settings.limit_connections_per_address,
-                allowed_origins=frozenset(settings.allowed_origins),
-            ),
+def gateway_config(settings: Settings) -> GatewayConfig:
+    return GatewayConfig(
+        outbound_queue_messages=settings.outbound_queue_messages,
+        outbound_queue_bytes=settings.outbound_queue_bytes,
+        max_frame_bytes=settings.ws_max_frame_bytes,
+        auth_timeout_seconds=settings.ws_auth_timeout_seconds,
+        idle_timeout_seconds=settings.ws_idle_timeout_seconds,
+        sync_page_size=settings.sync_page_size,
+        sends=Rate(settings.limit_sends_per_second, settings.limit_sends_burst),
+        syncs=Rate(settings.limit_syncs_per_minute / 60, settings.limit_syncs_per_minute),
+        connections_per_user=settings.limit_connections_per_user,
+        connections_per_address=settings.limit_connections_per_address,
+        allowed_origins=frozenset(settings.allowed_origins),
+    )
+
+
+def identity_config(settings: Settings) -> IdentityConfig:
+    return IdentityConfig(
+        otp_ttl_seconds=settings.otp_ttl_seconds,
+        otp_max_attempts=settings.otp_max_attempts,
+        otp_requests_per_phone=settings.otp_requests_per_phone_per_window,
+        otp_requests_per_address=settings.otp_requests_per_address_per_window,
+        rate_window_seconds=settings.otp_rate_window_seconds,
+    )
+
+
+def durability_config(settings: Settings) -> DurabilityConfig:
+    return DurabilityConfig(
+        max_text_bytes=settings.max_text_bytes,
+        max_group_members=settings.max_group_members,
+        max_chats_per_user=settings.limit_chats_per_user,
+        idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+        append_deadline_seconds=settings.dynamodb_deadline_seconds,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Services:
+    """The planes' services, built from adapters without I/O."""
+
+    identity: IdentityService
+    tokens: JwtTokens
+    chats: ChatService
+    ingest: IngestService
+    acks: DeliveryAcks
+    relay: OutboxRelay
+    fanout: FanoutConsumer
+    gateway: Gateway
+
+
+def build_services(
+    settings: Settings,
+    adapters: Adapters,
+    local: LocalConnections,
+    metrics: Metrics,
+    faults: FaultPoints,
+) -> Services:
+    tokens = JwtTokens(settings.jwt_secret, settings.jwt_ttl_seconds)
+    identity = IdentityService(
+        config=identity_config(settings),
+        codes=OtpCodes(derive_otp_key(settings.jwt_secret)),
+        tokens=tokens,
+        otps=adapters.otps,
+        limiter=adapters.limiter,
+        sender=adapters.otp_sender,
+        users=adapters.users,
+        devices=adapters.devices,
+        dev_inbox=adapters.dev_inbox,
+    )
+    relay = OutboxRelay(
+        adapters.store,
+        adapters.outbox,
+        adapters.publisher,
+        metrics,
+        repair_after_seconds=settings.outbox_repair_after_seconds,
+        sweep_interval_seconds=settings.outbox_sweep_interval_seconds,
+    )
+    config = durability_config(settings)
+    ingest = IngestService(adapters.store, config, sink=relay, faults=faults)
+    chats = ChatService(adapters.store, adapters.users, config)
+    acks = DeliveryAcks(
+        adapters.store,
+        chats.check_ack,
+        window_seconds=config.ack_window_seconds,
+        pending_limit=config.ack_pending_limit,
+    )
+    fanout = FanoutConsumer(
+        adapters.events,
+        FanoutService(
+            chats,
+            adapters.routes,
+            adapters.handoff,
+            local,
+            instance_id=settings.instance_id,
             metrics=metrics,
-        )
+            faults=faults,
+        ),
+        adapters.dead_letters,
+        metrics,
+        max_attempts=settings.fanout_max_attempts,
+        max_backoff_seconds=settings.fanout_max_backoff_seconds,
+    )
+    gateway = Gateway(
+        tokens=tokens,
+        sessions=identity,
+        ingest=ingest,
+        reader=chats,
+        acks=acks,
+        routes=adapters.routes,
+        local=local,
+        config=gateway_config(settings),
+        metrics=metrics,
+    )
+    return Services(
+        identity=identity,
+        tokens=tokens,
+        chats=chats,
+        ingest=ingest,
+        acks=acks,
+        relay=relay,
+        fanout=fanout,
+        gateway=gateway,
+    )
 
-        stack.push_async_callback(routes.clear)
+
+@attrs.frozen(kw_only=True)
+class Runtime:
+    """Everything the running app holds, built by the lifespan; routes read it from the
+    lifespan state (``request.state.runtime``: :func:`runtime_of`)."""
+
+    checks: Sequence[HealthCheck]
+    identity: IdentityService  # identity
+    tokens: JwtTokens  # identity: issues and verifies access tokens (a TokenVerifier)
+    chats: ChatService
+    gateway: Gateway
+
+
+class State(TypedDict):
+    """The lifespan state (Starlette copies it into every request's and socket's ``state``)."""
+
+    runtime: Runtime
+
+
+def runtime_of(connection: HTTPConnection) -> Runtime:
+    runtime = getattr(connection.state, "runtime", None)
+    if not isinstance(runtime, Runtime):
+        raise RuntimeError("the app's lifespan has not started")
+    return runtime
+
+
+@asynccontextmanager
+async def build_runtime(
+    settings: Settings,
+    metrics: Metrics,
+    faults: FaultPoints,
+    open_adapters: AdapterFactory = open_adapters,
+) -> AsyncIterator[Runtime]:
+    """Open the adapters, build the services on them, run the background loops; on exit stop
+    the loops (newest first), clear this process's routes, close the adapters."""
+    local = LocalConnections(metrics)
+    async with AsyncExitStack() as stack:
+        adapters = await stack.enter_async_context(open_adapters(settings, metrics, local))
+        services = build_services(settings, adapters, local, metrics, faults)
+        stack.push_async_callback(adapters.routes.clear)
         background = await stack.enter_async_context(BackgroundTasks())
-        background.start("outbox-relay", relay.run(), relay.flush)
-        background.start("fanout", fanout.run(), fanout.stop)
-        background.start("routing-refresh", routes.run())
-        background.start("handoff-subscriber", handoff.run_subscriber(local))
-        background.start("idle-sweep", gateway.sweep_idle())
+        background.start("outbox-relay", services.relay.run(), services.relay.flush)
+        background.start("fanout", services.fanout.run(), services.fanout.stop)
+        background.start("routing-refresh", adapters.routes.run())
+        background.start("handoff-subscriber", adapters.receiver.run_subscriber(local))
+        background.start("idle-sweep", services.gateway.sweep_idle())
         # Unwound first: before the relay's flush and the store client's close.
-        stack.push_async_callback(acks.close)
-        stack.push_async_callback(ingest.close)
+        stack.push_async_callback(services.acks.close)
+        stack.push_async_callback(services.ingest.close)
         yield Runtime(
-            checks=(
-                KafkaHealth(producer),
-                DynamoHealth(dynamodb),
-                RedisHealth(redis),
-                background,
-                routes,
-            ),
-            identity=identity,
-            tokens=tokens,
-            chats=chats,
-            gateway=gateway,
+            checks=(*adapters.checks, background, adapters.routes, services.fanout),
+            identity=services.identity,
+            tokens=services.tokens,
+            chats=services.chats,
+            gateway=services.gateway,
         )
 
 
-def create_app(settings: Settings) -> Starlette:
-    late = _Late()
-    metrics = Metrics()
-    process_faults = ProcessFaults() if settings.fault_hooks else None
-    faults: FaultPoints = process_faults or NoFaults()
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with build_runtime(settings, metrics, faults) as runtime:
-            late.set(runtime)
-            log.info(
-                "instance %s ready on %s:%s", settings.instance_id, settings.host, settings.port
-            )
-            try:
-                yield
-            finally:
-                late.set(None)
+def _routes(settings: Settings, metrics: Metrics, faults: ProcessFaults | None) -> list[BaseRoute]:
+    """Every route; each reads the running app's services from the lifespan state."""
 
     async def websocket(ws: WebSocket) -> None:
-        await late.get().gateway.handle(ws)
+        await runtime_of(ws).gateway.handle(ws)
 
     dev_otp = settings.otp_sender == "dev"  # identity: GET /v1/dev/otp only with the dev sender
     operations: list[Operation] = [
@@ -332,18 +451,26 @@ def create_app(settings: Settings) -> Starlette:
         *durability_api.OPERATIONS,
     ]
     routes: list[BaseRoute] = [
-        *health.routes(lambda: late.get().checks, settings.instance_id),
+        *health.routes(lambda request: runtime_of(request).checks, settings.instance_id),
         *metrics_routes.routes(metrics.registry),
         *identity_api.routes(
-            lambda: late.get().identity, lambda: late.get().tokens, dev_routes=dev_otp
+            lambda request: runtime_of(request).identity,
+            lambda request: runtime_of(request).tokens,
+            dev_routes=dev_otp,
         ),
-        *durability_api.routes(lambda: late.get().chats, lambda: late.get().tokens),
+        *durability_api.routes(
+            lambda request: runtime_of(request).chats, lambda request: runtime_of(request).tokens
+        ),
         WebSocketRoute(WS_PATH, websocket),
         *openapi.routes(operations, version=__version__),
         *pages.routes(),
     ]
-    if process_faults is not None:
-        routes.extend(fault_routes.routes(process_faults))
+    if faults is not None:
+        routes.extend(fault_routes.routes(faults))
+    return routes
+
+
+def _middleware(settings: Settings, metrics: Metrics) -> list[Middleware]:
     middleware = [Middleware(SecurityHeaders)]
     if settings.allowed_origins:
         middleware.append(
@@ -365,19 +492,35 @@ def create_app(settings: Settings) -> Starlette:
             on_reject=metrics.limit_rejections.labels("rest_per_address").inc,
         )
     )
+    return middleware
+
+
+def create_app(settings: Settings, *, adapters: AdapterFactory = open_adapters) -> Starlette:
+    """The app; ``adapters`` opens its ports (the real ones unless a test gives fakes)."""
+    metrics = Metrics()
+    process_faults = ProcessFaults() if settings.fault_hooks else None
+    faults: FaultPoints = process_faults or NoFaults()
+
+    async def no_drain() -> None:
+        return None
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with build_runtime(settings, metrics, faults, adapters) as runtime:
+            log.info(
+                "instance %s ready on %s:%s", settings.instance_id, settings.host, settings.port
+            )
+            app.state.drain = partial(runtime.gateway.drain, DRAIN_SECONDS)
+            try:
+                yield {"runtime": runtime}
+            finally:
+                app.state.drain = no_drain
+
     app = Starlette(
-        routes=routes,
-        middleware=middleware,
+        routes=_routes(settings, metrics, process_faults),
+        middleware=_middleware(settings, metrics),
         lifespan=lifespan,
         exception_handlers=handlers(lambda limit: metrics.limit_rejections.labels(limit).inc()),
     )
-
-    async def drain() -> None:
-        try:
-            runtime = late.get()
-        except RuntimeError:
-            return
-        await runtime.gateway.drain(DRAIN_SECONDS)
-
-    app.state.drain = drain
+    app.state.drain = no_drain  # ``messaging serve`` awaits it before the lifespan ends
     return app

@@ -126,6 +126,24 @@ class Metrics:
             "Message frames queued to local sockets",
             registry=r,
         )
+        self.fanout_failures = Counter(
+            "messaging_fanout_failures_total",
+            "Failed fanout steps: poll, commit, dead_letter, or a batch's retriable or permanent"
+            " failure (ADR 0022)",
+            ["kind"],
+            registry=r,
+        )
+        self.fanout_dead_letters = Counter(
+            "messaging_fanout_dead_letters_total",
+            "Records parked as dead letters so that their partition moves on (ADR 0022)",
+            ["cause"],
+            registry=r,
+        )
+        self.fanout_seconds_since_progress = Gauge(
+            "messaging_fanout_seconds_since_progress",
+            "Seconds since the fanout consumer last finished a poll or a batch",
+            registry=r,
+        )
         self.dynamodb_latency = Histogram(
             "messaging_dynamodb_call_seconds",
             "DynamoDB API call latency",

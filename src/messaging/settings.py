@@ -103,6 +103,10 @@ class Settings:
     outbox_repair_after_seconds: float = 2.0
     outbox_sweep_interval_seconds: float = 1.0
     routing_ttl_seconds: int = 30
+    fanout_max_attempts: int = 20
+    """Tries of a batch that fails with a retriable error before it is parked as dead letters
+    (docs/adr/0022-fanout-ports-and-error-seams.md)."""
+    fanout_max_backoff_seconds: float = 2.0
 
     # Local stack (``messaging stack``)
     stack_dir: Path = Path(".stack")
@@ -246,6 +250,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "outbox_repair_after_seconds": _parse_float(0.1, 60.0),
     "outbox_sweep_interval_seconds": _parse_float(0.05, 60.0),
     "routing_ttl_seconds": _parse_int(2, 3600),
+    "fanout_max_attempts": _parse_int(1, 1000),
+    "fanout_max_backoff_seconds": _parse_float(0.01, 300.0),
     "stack_dir": Path,
     "dynamodb_emulator": _parse_choice("dynoxide", "moto"),
     "stack_kafka_port": _PORT,

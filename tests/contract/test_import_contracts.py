@@ -50,3 +50,24 @@ def test_domain_importing_an_io_library_is_rejected(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Domain and protocol are free of I/O libraries" in result.stdout
     assert "BROKEN" in result.stdout
+
+
+def test_a_plane_service_importing_its_entry_point_is_rejected(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    with (src / "messaging" / "fanout" / "service.py").open("a") as module:
+        module.write("\nimport messaging.fanout.consumer  # deliberate violation\n")
+    result = lint_imports(src)
+    assert result.returncode != 0
+    assert "Fanout plane layers" in result.stdout
+    assert "messaging.fanout.service -> messaging.fanout.consumer" in result.stdout
+
+
+def test_an_adapter_importing_a_service_is_rejected(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    with (src / "messaging" / "fanout" / "adapters" / "redis_routing.py").open("a") as module:
+        module.write("\nimport messaging.fanout.service  # deliberate violation\n")
+    result = lint_imports(src)
+    assert result.returncode != 0
+    assert "Plane adapters implement ports" in result.stdout

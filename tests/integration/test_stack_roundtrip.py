@@ -66,4 +66,5 @@ def test_app_processes_are_alive_and_ready(apps: list[AppProcess]) -> None:
             "redis": {"ok": True},
             "background": {"ok": True},
             "routing": {"ok": True},
+            "fanout": {"ok": True},  # ADR 0022: a failing partition shows here
         }

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import orjson
 
-from messaging.connection.config import GatewayConfig
+from messaging.bootstrap import gateway_config
 from messaging.connection.gateway import Gateway
 from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
@@ -21,6 +21,7 @@ from messaging.protocol import frames
 from messaging.protocol.chat import ConversationReader
 from messaging.protocol.delivery import RouteRegistry
 from messaging.protocol.identity import SessionChecker, TokenVerifier
+from messaging.settings import Settings
 
 CHAT = "g_00000000000000000000000000000001"
 
@@ -75,7 +76,7 @@ def gateway(acks: HeldAcks) -> Gateway:
         acks=acks,
         routes=cast(RouteRegistry, None),
         local=LocalConnections(metrics),
-        config=GatewayConfig(),
+        config=gateway_config(Settings()),
         metrics=metrics,
     )
 

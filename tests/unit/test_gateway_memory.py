@@ -16,6 +16,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
+import attrs
 import orjson
 import pytest
 import uvicorn
@@ -25,7 +26,7 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import ClientConnection, connect
 
-from messaging.connection.config import GatewayConfig
+from messaging.bootstrap import gateway_config
 from messaging.connection.gateway import Gateway
 from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
@@ -37,6 +38,7 @@ from messaging.protocol.chat import ConversationReader, DeliveryAckSink, Message
 from messaging.protocol.delivery import Delivery, RouteRegistry
 from messaging.protocol.frames import CloseCode
 from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
+from messaging.settings import Settings
 
 METRICS = Metrics()
 
@@ -265,7 +267,7 @@ def test_the_idle_sweep_closes_only_connections_silent_for_the_timeout() -> None
         acks=cast(DeliveryAckSink, None),
         routes=cast(RouteRegistry, None),
         local=local,
-        config=GatewayConfig(idle_timeout_seconds=60.0),
+        config=attrs.evolve(gateway_config(Settings()), idle_timeout_seconds=60.0),
         metrics=Metrics(),
         monotonic=lambda: now[0],
     )
@@ -334,7 +336,7 @@ def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
         acks=cast(DeliveryAckSink, fakes),
         routes=fakes,
         local=local,
-        config=GatewayConfig(),
+        config=gateway_config(Settings()),
         metrics=Metrics(),
     )
     return Starlette(routes=[WebSocketRoute("/ws", gateway.handle)])

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import attrs
 import pytest
 
-from messaging.settings import DEV_JWT_SECRET, SettingsError, from_env, lifted_limits_env
+from messaging.bootstrap import gateway_config
+from messaging.connection.config import GatewayConfig
+from messaging.settings import (
+    DEV_JWT_SECRET,
+    Settings,
+    SettingsError,
+    from_env,
+    lifted_limits_env,
+)
 
 
 def test_defaults_work_for_a_local_run() -> None:
@@ -92,3 +101,28 @@ def test_lifted_limits_are_valid_settings() -> None:
     settings = from_env(lifted_limits_env())
     assert settings.limit_sends_burst == 1_000_000
     assert settings.limit_rest_burst_per_address == 1_000_000
+
+
+def test_every_operator_tunable_of_the_gateway_comes_from_settings() -> None:
+    """Declared once (ADR 0022): GatewayConfig's fields without a default are exactly what the
+    composition root fills from ``Settings``, and each follows its setting."""
+    from_settings = [f.name for f in attrs.fields(GatewayConfig) if f.default is attrs.NOTHING]
+    defaults = gateway_config(Settings())
+    changed = gateway_config(
+        Settings(
+            outbound_queue_messages=7,
+            outbound_queue_bytes=2048,
+            ws_max_frame_bytes=512,
+            ws_auth_timeout_seconds=1.5,
+            ws_idle_timeout_seconds=9.0,
+            sync_page_size=3,
+            limit_sends_per_second=1.0,
+            limit_sends_burst=2,
+            limit_syncs_per_minute=6,
+            limit_connections_per_user=4,
+            limit_connections_per_address=5,
+            allowed_origins=("https://chat.example.com",),
+        )
+    )
+    assert len(from_settings) == 11
+    assert [n for n in from_settings if getattr(defaults, n) == getattr(changed, n)] == []

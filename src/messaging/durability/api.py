@@ -45,36 +45,40 @@ def _string_list(body: dict[str, object], name: str, *, max_items: int) -> list[
     return list(values)
 
 
-def routes(chats: Callable[[], ChatService], verifier: Callable[[], TokenVerifier]) -> list[Route]:
+def routes(
+    chats: Callable[[Request], ChatService], verifier: Callable[[Request], TokenVerifier]
+) -> list[Route]:
     async def create_direct(request: Request) -> JSONResponse:
-        principal = authenticate(request, verifier())
+        principal = authenticate(request, verifier(request))
         body = await json_object(request)
-        chat, created = await chats().create_direct(principal.user_id, field(body, "user_id", str))
+        chat, created = await chats(request).create_direct(
+            principal.user_id, field(body, "user_id", str)
+        )
         return JSONResponse({"chat": chat_json(chat)}, status_code=201 if created else 200)
 
     async def create_group(request: Request) -> JSONResponse:
-        principal = authenticate(request, verifier())
+        principal = authenticate(request, verifier(request))
         body = await json_object(request)
         title = field(body, "title", str)
         members = _string_list(body, "member_ids", max_items=10_000)
-        chat = await chats().create_group(principal.user_id, title, members)
+        chat = await chats(request).create_group(principal.user_id, title, members)
         return JSONResponse({"chat": chat_json(chat)}, status_code=201)
 
     async def list_chats(request: Request) -> JSONResponse:
-        principal = authenticate(request, verifier())
-        summaries = await chats().list_chats(principal.user_id)
+        principal = authenticate(request, verifier(request))
+        summaries = await chats(request).list_chats(principal.user_id)
         return JSONResponse({"chats": [summary_json(s) for s in summaries]})
 
     async def list_members(request: Request) -> JSONResponse:
-        principal = authenticate(request, verifier())
+        principal = authenticate(request, verifier(request))
         chat_id = request.path_params["chat_id"]
-        await chats().member_view(principal.user_id, chat_id)
-        return JSONResponse({"members": sorted(await chats().active_members(chat_id))})
+        await chats(request).member_view(principal.user_id, chat_id)
+        return JSONResponse({"members": sorted(await chats(request).active_members(chat_id))})
 
     async def add_members(request: Request) -> JSONResponse:
-        principal = authenticate(request, verifier())
+        principal = authenticate(request, verifier(request))
         body = await json_object(request)
-        added = await chats().add_members(
+        added = await chats(request).add_members(
             principal.user_id,
             request.path_params["chat_id"],
             _string_list(body, "user_ids", max_items=10_000),
@@ -82,15 +86,15 @@ def routes(chats: Callable[[], ChatService], verifier: Callable[[], TokenVerifie
         return JSONResponse({"added": added})
 
     async def remove_member(request: Request) -> JSONResponse:
-        principal = authenticate(request, verifier())
-        removed_at = await chats().remove_member(
+        principal = authenticate(request, verifier(request))
+        removed_at = await chats(request).remove_member(
             principal.user_id, request.path_params["chat_id"], request.path_params["user_id"]
         )
         return JSONResponse({"removed_after_sequence": removed_at})
 
     async def history(request: Request) -> JSONResponse:
-        principal = authenticate(request, verifier())
-        page = await chats().history(
+        principal = authenticate(request, verifier(request))
+        page = await chats(request).history(
             principal.user_id,
             request.path_params["chat_id"],
             after=query_int(request, "after", None, 0, MAX_SEQUENCE),

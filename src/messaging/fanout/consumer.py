@@ -1,37 +1,89 @@
-"""The fanout loop: poll the log, fan the batch out, commit only after the hand-off.
+"""The fanout loop: poll the log, fan the batch out, commit only after the hand-off (ADR 0007,
+ADR 0022).
 
-If the hand-off fails (Redis down, say) the same batch is retried with backoff and nothing is
-committed, so a crash or a failure re-delivers rather than drops (at-least-once). Poll errors
-are retried too: the loop stops only when cancelled.
+A batch whose fanout fails with a retriable error (Redis or the store briefly away) is retried
+with backoff, at most ``max_attempts`` times, and nothing is committed meanwhile, so a crash
+re-delivers rather than drops (at-least-once). What can never succeed does not stall the
+partition: after a permanent error each record is tried alone and those that still fail are
+parked in ``DeadLetters``; a batch still failing after ``max_attempts`` is parked whole; an
+undecodable record is parked at once. Parked messages are in the database: clients sync them.
+
+While a batch is failing, ``check`` (the ``fanout`` readiness check) names its partitions, and
+``/metrics`` counts failures and dead letters and shows the seconds since the last progress.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from messaging.fanout.ports import EventSource
+from messaging.domain.errors import MessagingError
+from messaging.domain.model import Message
+from messaging.fanout.ports import DeadLetters, EventBatch, EventRecord, EventSource
 from messaging.fanout.service import FanoutService
 from messaging.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
+def is_retriable(exc: BaseException) -> bool:
+    """The domain's errors say so; a bare network error or timeout is worth another try;
+    anything else (a bug, a permanent refusal) is not."""
+    if isinstance(exc, MessagingError):
+        return exc.retriable
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class _Stopped(Exception):
+    """Stop was asked while a batch was in hand: leave it uncommitted (it is re-delivered)."""
+
+
 class FanoutConsumer:
+    name = "fanout"
+
     def __init__(
         self,
         source: EventSource,
         service: FanoutService,
+        dead_letters: DeadLetters,
         metrics: Metrics,
         *,
-        max_backoff_seconds: float = 2.0,
+        max_attempts: int,
+        max_backoff_seconds: float,
+        first_backoff_seconds: float = 0.05,
+        poll_seconds: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self._source = source
         self._service = service
+        self._dead_letters = dead_letters
         self._metrics = metrics
+        self._max_attempts = max_attempts
+        self._first_backoff = first_backoff_seconds
         self._max_backoff = max_backoff_seconds
+        self._poll_seconds = poll_seconds
+        self._clock = clock
+        self._sleep = sleep
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._last_progress = clock()
+        self._poll_error: str | None = None
+        self._failing: dict[int, str] = {}
+        self._failing_since: float | None = None
+        metrics.fanout_seconds_since_progress.set_function(
+            lambda: self._clock() - self._last_progress
+        )
+
+    # ---------------------------------------------------------------- lifecycle and health
 
     async def stop(self) -> None:
         """Graceful shutdown: finish the batch in hand, commit it, return."""
@@ -41,40 +93,154 @@ class FanoutConsumer:
     async def run(self) -> None:
         try:
             await self._run()
+        except _Stopped:
+            pass
         finally:
             self._stopped.set()
 
+    async def check(self) -> None:
+        """Readiness: fails while polling fails or a batch keeps failing, naming its
+        partitions."""
+        if self._poll_error is not None:
+            raise RuntimeError(f"polling the event log fails: {self._poll_error}")
+        if self._failing:
+            since = self._clock() - (self._failing_since or self._clock())
+            partitions = ", ".join(str(p) for p in sorted(self._failing))
+            reason = next(iter(self._failing.values()))
+            raise RuntimeError(f"partition(s) {partitions} failing for {since:.0f}s: {reason}")
+
+    def _progressed(self) -> None:
+        self._last_progress = self._clock()
+
+    def _fail(self, partitions: Collection[int], exc: BaseException) -> None:
+        if not self._failing:
+            self._failing_since = self._clock()
+        for partition in partitions:
+            self._failing[partition] = describe(exc)
+
+    def _recovered(self) -> None:
+        self._failing.clear()
+        self._failing_since = None
+
+    # ---------------------------------------------------------------- the loop
+
     async def _run(self) -> None:
-        backoff = 0.05
         while not self._stopping:
-            try:
-                batch = await self._source.poll(0.5)
-            except Exception:
-                log.warning("polling the event log failed", exc_info=True)
-                await asyncio.sleep(backoff)
-                backoff = min(self._max_backoff, backoff * 2)
+            batch = await self._poll()
+            if batch is None:
                 continue
             self._metrics.fanout_lag.set(self._source.lag())
-            if not batch.messages:
-                backoff = 0.05
-                continue
-            while True:
-                try:
-                    await self._service.fan_out(batch.messages)
-                    break
-                except Exception:
-                    log.warning(
-                        "fanout of %d message(s) failed; retrying in %.2fs",
-                        len(batch.messages),
-                        backoff,
-                        exc_info=True,
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(self._max_backoff, backoff * 2)
-            backoff = 0.05
+            for bad in batch.undecodable:
+                reason = f"undecodable: {bad.reason}"
+                await self._park(bad.raw, bad.partition, bad.offset, reason, "undecodable")
+            if batch.records and not await self._deliver(batch.records):
+                return
+            self._recovered()
+            if batch.records or batch.undecodable:
+                await self._commit(batch)
+            self._progressed()
+
+    async def _poll(self) -> EventBatch | None:
+        delay = self._first_backoff
+        while True:
             try:
-                await self._source.commit(batch)
-            except Exception:
-                # E.g. a rebalance moved the partition: its new owner re-delivers (duplicates
-                # are allowed; clients drop them by sequence).
-                log.warning("committing offsets failed", exc_info=True)
+                batch = await self._source.poll(self._poll_seconds)
+            except Exception as exc:
+                self._metrics.fanout_failures.labels("poll").inc()
+                self._poll_error = describe(exc)
+                log.warning("polling the event log failed; retrying in %.2fs", delay, exc_info=True)
+                await self._sleep(delay)
+                delay = min(self._max_backoff, delay * 2)
+                if self._stopping:
+                    return None
+                continue
+            self._poll_error = None
+            return batch
+
+    async def _commit(self, batch: EventBatch) -> None:
+        try:
+            await self._source.commit(batch)
+        except Exception:
+            # E.g. a rebalance moved the partition: its new owner re-delivers (duplicates
+            # are allowed; clients drop them by sequence).
+            self._metrics.fanout_failures.labels("commit").inc()
+            log.warning("committing offsets failed", exc_info=True)
+
+    async def _deliver(self, records: Sequence[EventRecord]) -> bool:
+        """Fan the records out or park them; False when stopping left them unfinished."""
+        error = await self._attempt([r.message for r in records], {r.partition for r in records})
+        if error is None:
+            return True
+        if is_retriable(error):
+            log.error(
+                "fanout of %d record(s) failed %d times; parking them",
+                len(records),
+                self._max_attempts,
+            )
+            reason = f"failed {self._max_attempts} times, last: {describe(error)}"
+            for record in records:
+                await self._park(
+                    record.message, record.partition, record.offset, reason, "exhausted"
+                )
+            return True
+        log.error("fanout failed permanently (%s); trying each record alone", describe(error))
+        for record in records:
+            error = await self._attempt([record.message], (record.partition,))
+            if error is not None:
+                cause = "exhausted" if is_retriable(error) else "permanent"
+                await self._park(
+                    record.message, record.partition, record.offset, describe(error), cause
+                )
+        return True
+
+    async def _attempt(
+        self, messages: Sequence[Message], partitions: Collection[int]
+    ) -> Exception | None:
+        """Fan out, retrying a retriable error up to ``max_attempts`` times; the error that
+        ended the attempts, or None on success. Raises ``_Stopped`` if stopped meanwhile."""
+        delay = self._first_backoff
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                await self._service.fan_out(messages)
+                return None
+            except Exception as exc:
+                retriable = is_retriable(exc)
+                self._metrics.fanout_failures.labels(
+                    "retriable" if retriable else "permanent"
+                ).inc()
+                self._fail(partitions, exc)
+                if not retriable or attempt == self._max_attempts:
+                    return exc
+                log.warning(
+                    "fanout of %d message(s) failed (attempt %d of %d); retrying in %.2fs",
+                    len(messages),
+                    attempt,
+                    self._max_attempts,
+                    delay,
+                    exc_info=True,
+                )
+                await self._sleep(delay)
+                delay = min(self._max_backoff, delay * 2)
+                if self._stopping:
+                    raise _Stopped from exc
+        raise AssertionError("unreachable")
+
+    async def _park(
+        self, record: Message | bytes, partition: int, offset: int, reason: str, cause: str
+    ) -> None:
+        """Park one record; a failing dead-letter store is retried until stopped (the record
+        must not be skipped unrecorded)."""
+        delay = self._first_backoff
+        while True:
+            try:
+                await self._dead_letters.park(record, partition, offset, reason)
+                break
+            except Exception as exc:
+                self._metrics.fanout_failures.labels("dead_letter").inc()
+                self._fail((partition,), exc)
+                log.warning("parking a dead letter failed; retrying", exc_info=True)
+                await self._sleep(delay)
+                delay = min(self._max_backoff, delay * 2)
+                if self._stopping:
+                    raise _Stopped from exc
+        self._metrics.fanout_dead_letters.labels(cause).inc()

@@ -29,22 +29,22 @@ NO_STORE = {"Cache-Control": "no-store"}  # responses carrying a token or a code
 
 
 def routes(
-    get_service: Callable[[], IdentityService],
-    get_verifier: Callable[[], TokenVerifier],
+    get_service: Callable[[Request], IdentityService],
+    get_verifier: Callable[[Request], TokenVerifier],
     *,
     dev_routes: bool,
 ) -> list[Route]:
     def principal(request: Request) -> Principal:
-        return authenticate(request, get_verifier())
+        return authenticate(request, get_verifier(request))
 
     async def request_otp(request: Request) -> Response:
         body = await json_object(request)
-        sent = await get_service().request_otp(field(body, "phone", str), _address(request))
+        sent = await get_service(request).request_otp(field(body, "phone", str), _address(request))
         return JSONResponse({"phone": sent.phone, "expires_in": sent.expires_in}, 202)
 
     async def verify(request: Request) -> Response:
         body = await json_object(request)
-        session = await get_service().verify_otp(
+        session = await get_service(request).verify_otp(
             field(body, "phone", str),
             field(body, "code", str),
             field(body, "device_id", str),
@@ -61,7 +61,7 @@ def routes(
 
     async def current_session(request: Request) -> Response:
         caller = principal(request)
-        await get_service().check_session(caller)
+        await get_service(request).check_session(caller)
         return JSONResponse(
             {
                 "user_id": caller.user_id,
@@ -71,17 +71,17 @@ def routes(
         )
 
     async def logout(request: Request) -> Response:
-        await get_service().logout(principal(request))
+        await get_service(request).logout(principal(request))
         return Response(status_code=204)
 
     async def by_phone(request: Request) -> Response:
         caller = principal(request)
-        entry = await get_service().lookup_by_phone(caller, _query(request, "phone"))
+        entry = await get_service(request).lookup_by_phone(caller, _query(request, "phone"))
         return JSONResponse({"user_id": entry.user_id, "phone": entry.phone})
 
     async def dev_otp(request: Request) -> Response:
         phone = normalize_phone(_query(request, "phone"))
-        code = await get_service().dev_latest_code(phone)
+        code = await get_service(request).dev_latest_code(phone)
         return JSONResponse({"phone": phone, "code": code}, headers=NO_STORE)
 
     found = [

@@ -22,15 +22,17 @@ async def _run(check: HealthCheck) -> tuple[str, str | None]:
     return check.name, None
 
 
-def routes(checks: Callable[[], Sequence[HealthCheck]], instance_id: str = "") -> list[Route]:
-    """``checks`` gives the running app's checks (they exist once the lifespan has started);
+def routes(
+    checks: Callable[[Request], Sequence[HealthCheck]], instance_id: str = ""
+) -> list[Route]:
+    """``checks`` reads the running app's checks from the request (the lifespan state);
     ``instance_id`` names this process in ``/healthz`` (which worker or process answered)."""
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "alive", "instance": instance_id})
 
-    async def readyz(_: Request) -> JSONResponse:
-        results = await asyncio.gather(*(_run(check) for check in checks()))
+    async def readyz(request: Request) -> JSONResponse:
+        results = await asyncio.gather(*(_run(check) for check in checks(request)))
         failing = [name for name, error in results if error is not None]
         body = {
             "status": "ready" if not failing else "unavailable",

@@ -1,17 +1,43 @@
-"""``EventSource`` on a Kafka consumer group spread over all app processes."""
+"""``EventSource`` on a Kafka consumer group spread over all app processes.
+
+aiokafka's errors say whether retrying may work (``KafkaError.retriable``); they are translated
+here into the domain's ``Unavailable`` (retriable) or ``EventLogError`` (permanent), so nothing
+from aiokafka crosses the port (ADR 0022). A record that cannot be decoded is returned as
+``Undecodable`` for the consumer to park: it never stalls its partition.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from messaging.domain.model import Message
-from messaging.fanout.ports import EventBatch
+from messaging.domain.errors import MessagingError, Unavailable
+from messaging.fanout.ports import EventBatch, EventLogError, EventRecord, Undecodable
 from messaging.protocol.wire import decode_event
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def translate(exc: Exception, doing: str) -> MessagingError:
+    """A vendor error as the domain's: retriable when aiokafka says it is (or the network
+    failed), permanent otherwise."""
+    if (isinstance(exc, KafkaError) and exc.retriable) or isinstance(exc, OSError | TimeoutError):
+        return Unavailable(f"{doing}: {exc!r}")
+    return EventLogError(f"{doing}: {exc!r}")
+
+
+async def _translated(call: Awaitable[T], doing: str) -> T:
+    try:
+        return await call
+    except (KafkaError, ConsumerStoppedError, OSError, TimeoutError) as exc:
+        raise translate(exc, doing) from exc
 
 
 class KafkaEventSource:
@@ -20,28 +46,35 @@ class KafkaEventSource:
         self._max_records = max_records
 
     async def poll(self, timeout_seconds: float) -> EventBatch:
-        records = await self._consumer.getmany(
-            timeout_ms=int(timeout_seconds * 1000), max_records=self._max_records
+        batches = await _translated(
+            self._consumer.getmany(
+                timeout_ms=int(timeout_seconds * 1000), max_records=self._max_records
+            ),
+            "polling the event log",
         )
-        messages: list[Message] = []
+        records: list[EventRecord] = []
+        undecodable: list[Undecodable] = []
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for partition, batch in records.items():
+        for partition, batch in batches.items():
             for record in batch:
                 try:
-                    messages.append(decode_event(record.value))
-                except (ValueError, KeyError, TypeError):
-                    # A record this version cannot read: skip it rather than stall the
-                    # partition; the message is in the database and clients sync it.
-                    log.error("skipping undecodable record %s@%d", partition, record.offset)
+                    message = decode_event(record.value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raw = record.value if isinstance(record.value, bytes) else b""
+                    undecodable.append(
+                        Undecodable(partition.partition, record.offset, raw, repr(exc))
+                    )
+                    continue
+                records.append(EventRecord(partition.partition, record.offset, message))
             if batch:
                 offsets[partition] = OffsetAndMetadata(batch[-1].offset + 1, "")
-        return EventBatch(messages=tuple(messages), position=offsets)
+        return EventBatch(tuple(records), offsets, tuple(undecodable))
 
     async def commit(self, batch: EventBatch) -> None:
         offsets = batch.position
         assert isinstance(offsets, dict)
         if offsets:
-            await self._consumer.commit(offsets)
+            await _translated(self._consumer.commit(offsets), "committing offsets")
 
     def lag(self) -> int:
         total = 0

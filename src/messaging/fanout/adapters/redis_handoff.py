@@ -4,6 +4,7 @@ Redis pub/sub is at-most-once: if the receiving process is down or briefly disco
 deliveries are lost for real time, and its clients catch up by sync (their gap detection, a
 ``resync`` hint sent after the subscriber reconnects, or their reconnect). The Kafka offset is
 committed once ``PUBLISH`` returned: the hand-off is done, the durable copy is in the database.
+A Redis error on ``send`` is raised as the domain's retriable ``Unavailable`` (ADR 0022).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from messaging.domain.errors import Unavailable
 from messaging.protocol.delivery import Delivery, LocalDelivery
 from messaging.protocol.wire import message_from_json, message_json
 
@@ -42,9 +44,16 @@ class RedisHandoff:
     def __init__(self, redis: Redis, instance_id: str) -> None:
         self._redis = redis
         self._instance = instance_id
+        self._subscribed = asyncio.Event()
 
     async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
-        await self._redis.publish(channel(instance_id), encode(deliveries))
+        try:
+            await self._redis.publish(channel(instance_id), encode(deliveries))
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"hand-off to {instance_id} failed: {exc!r}") from exc
+
+    async def subscribed(self) -> None:
+        await self._subscribed.wait()
 
     async def run_subscriber(self, local: LocalDelivery) -> None:
         """Deliver what other processes hand to this one, until cancelled. After a lost
@@ -54,6 +63,7 @@ class RedisHandoff:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(channel(self._instance))
+                self._subscribed.set()
                 if not first:
                     local.suggest_resync("handoff_reconnected")
                 first = False
@@ -65,6 +75,7 @@ class RedisHandoff:
                     except (ValueError, KeyError, TypeError):
                         log.error("dropping an undecodable hand-off payload")
             except (RedisError, OSError):
+                self._subscribed.clear()
                 log.warning("hand-off subscription lost; resubscribing")
                 await asyncio.sleep(0.5)
             finally:

@@ -6,7 +6,8 @@ re-announces its users every ``ttl/3``, so a dead process's entries expire withi
 liveness marker; finding it gone on a refresh means Redis lost its data (flush or restart), and
 then every local connection is told to resync, since live pushes may have been missed meanwhile.
 
-Nothing here is authoritative: flushing Redis loses no message.
+Nothing here is authoritative: flushing Redis loses no message. Redis errors leave this module
+as the domain's retriable ``Unavailable`` (ADR 0022).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Callable, Collection
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from messaging.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class RedisRoutes:
                 pipe.zadd(route_key(user_id), {self._instance: self._expiry_ms()})
                 pipe.expire(route_key(user_id), self._ttl * 2)
                 await pipe.execute()
-        except RedisError:
+        except (RedisError, OSError):
             log.warning("announcing %s failed; the next refresh retries", user_id)
 
     async def withdraw(self, user_id: str) -> None:
@@ -73,16 +76,19 @@ class RedisRoutes:
         del self._users[user_id]
         try:
             await self._redis.zrem(route_key(user_id), self._instance)
-        except RedisError:
+        except (RedisError, OSError):
             log.warning("withdrawing %s failed; the entry expires by itself", user_id)
 
     async def lookup(self, user_ids: Collection[str]) -> dict[str, set[str]]:
         users = list(user_ids)
         now_ms = int(self._clock() * 1000)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.zrangebyscore(route_key(user), now_ms, "+inf")
-            answers = await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user in users:
+                    pipe.zrangebyscore(route_key(user), now_ms, "+inf")
+                answers = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"routing lookup failed: {exc!r}") from exc
         where: dict[str, set[str]] = {}
         for user, instances in zip(users, answers, strict=True):
             for instance in instances:
@@ -92,12 +98,15 @@ class RedisRoutes:
 
     async def refresh_once(self) -> None:
         expiry = self._expiry_ms()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._marker, self._token, ex=self._ttl, get=True)
-            for user in self._users:
-                pipe.zadd(route_key(user), {self._instance: expiry})
-                pipe.expire(route_key(user), self._ttl * 2)
-            answers = await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._marker, self._token, ex=self._ttl, get=True)
+                for user in self._users:
+                    pipe.zadd(route_key(user), {self._instance: expiry})
+                    pipe.expire(route_key(user), self._ttl * 2)
+                answers = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable(f"routing refresh failed: {exc!r}") from exc
         previous = answers[0]
         first_write, self._written = not self._written, True
         if previous is not None and previous.decode() != self._token:
@@ -133,7 +142,7 @@ class RedisRoutes:
                 if lost_connection:
                     lost_connection = False
                     self._on_lost("routing_lost")
-            except (RedisError, OSError):
+            except Unavailable:
                 if not lost_connection:
                     log.warning("Redis unavailable; routing refresh will retry")
                 lost_connection = True
@@ -147,6 +156,6 @@ class RedisRoutes:
                     pipe.zrem(route_key(user), self._instance)
                 pipe.delete(self._marker)
                 await pipe.execute()
-        except RedisError:
+        except (RedisError, OSError):
             log.warning("could not clear routes on shutdown; they expire by themselves")
         self._users.clear()

@@ -1,0 +1,284 @@
+"""The fanout ports' contracts (ADR 0022), each run against the in-memory fake and the real
+adapter: ``EventSource`` on Kafka (a topic private to the test), ``RouteTable`` and the hand-off
+on the stack's Redis (keys and channels private to the test). Vendor errors never cross a port:
+a server that is away gives the domain's retriable ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+
+from messaging.domain.errors import Unavailable
+from messaging.domain.ids import new_group_id
+from messaging.domain.model import Message
+from messaging.fanout.adapters.logged_dead_letters import LoggedDeadLetters
+from messaging.fanout.ports import DeadLetters, EventBatch, EventSource
+from messaging.protocol.delivery import Delivery
+from tests.contract.fanout_targets import (
+    LOG_TARGETS,
+    REDIS_TARGETS,
+    LogTarget,
+    RedisTarget,
+    broken_routes_and_handoff,
+    open_log,
+    open_redis_target,
+)
+from tests.fakes.fanout import RecordingDeadLetters
+
+SECONDS = 30.0
+
+
+def message(chat_id: str, sequence: int) -> Message:
+    return Message(
+        chat_id=chat_id,
+        sequence=sequence,
+        sender_id="u_sender",
+        sender_device="d",
+        client_message_id=f"c{sequence}",
+        text=f"text {sequence}",
+        created_at_ms=1_700_000_000_000 + sequence,
+    )
+
+
+def user() -> str:
+    return f"u_{uuid.uuid4().hex}"
+
+
+def instance() -> str:
+    return f"contract-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=LOG_TARGETS)
+async def log(request: pytest.FixtureRequest) -> AsyncIterator[LogTarget]:
+    async with open_log(request.param) as target:
+        yield target
+
+
+@pytest.fixture(params=REDIS_TARGETS)
+async def shared(request: pytest.FixtureRequest) -> AsyncIterator[RedisTarget]:
+    async with open_redis_target(request.param) as target:
+        yield target
+
+
+async def drain(
+    source: EventSource, done: Callable[[list[EventBatch]], bool], *, commit: bool
+) -> list[EventBatch]:
+    """Poll until ``done`` holds (bounded in time)."""
+    batches: list[EventBatch] = []
+    async with asyncio.timeout(SECONDS):
+        while not done(batches):
+            batch = await source.poll(0.5)
+            if batch.records or batch.undecodable:
+                batches.append(batch)
+                if commit:
+                    await source.commit(batch)
+    return batches
+
+
+def records_in(batches: Sequence[EventBatch]) -> int:
+    return sum(len(b.records) for b in batches)
+
+
+# ------------------------------------------------------------------ EventSource
+
+
+async def test_records_come_in_log_order_and_undecodable_ones_are_reported(
+    log: LogTarget,
+) -> None:
+    chats = [new_group_id() for _ in range(3)]
+    await log.produce([message(chat, seq) for seq in range(1, 6) for chat in chats])
+    await log.produce_raw(0, b"\xffnot an event")
+    async with log.source("a") as source:
+        batches = await drain(
+            source,
+            lambda got: records_in(got) >= 15 and any(b.undecodable for b in got),
+            commit=True,
+        )
+        records = [r for b in batches for r in b.records]
+        assert len(records) == 15
+        for chat in chats:
+            assert [r.message.sequence for r in records if r.message.chat_id == chat] == [
+                1,
+                2,
+                3,
+                4,
+                5,
+            ]
+            assert records[[r.message.chat_id for r in records].index(chat)].message == (
+                message(chat, 1)
+            )
+        for partition in {r.partition for r in records}:
+            offsets = [r.offset for r in records if r.partition == partition]
+            assert offsets == sorted(offsets)
+        bad = [u for b in batches for u in b.undecodable]
+        assert [(u.partition, u.raw) for u in bad] == [(0, b"\xffnot an event")]
+        assert bad[0].reason
+        assert source.lag() == 0
+
+
+async def test_a_new_consumer_starts_after_the_committed_batch_and_gets_the_rest_again(
+    log: LogTarget,
+) -> None:
+    chat = new_group_id()
+    await log.produce([message(chat, seq) for seq in (1, 2, 3)])
+    async with log.source("g") as source:
+        await drain(source, lambda got: records_in(got) >= 3, commit=True)
+    await log.produce([message(chat, seq) for seq in (4, 5)])
+    async with log.source("g") as source:
+        batches = await drain(source, lambda got: records_in(got) >= 2, commit=False)
+        assert [r.message.sequence for b in batches for r in b.records] == [4, 5]
+    async with log.source("g") as source:  # not committed: delivered again (at least once)
+        batches = await drain(source, lambda got: records_in(got) >= 2, commit=False)
+        assert [r.message.sequence for b in batches for r in b.records] == [4, 5]
+
+
+# ------------------------------------------------------------------ RouteTable
+
+
+async def test_an_announced_user_is_found_on_its_instance(shared: RedisTarget) -> None:
+    alice, bob, carol = user(), user(), user()
+    here, there = instance(), instance()
+    routes_here, routes_there = shared.routes(here), shared.routes(there)
+    try:
+        await routes_here.announce(alice)
+        await routes_here.announce(bob)
+        await routes_there.announce(bob)
+        assert await routes_here.lookup({alice, bob, carol}) == {
+            here: {alice, bob},
+            there: {bob},
+        }
+        assert await routes_there.lookup(set()) == {}
+    finally:
+        await routes_here.clear()
+        await routes_there.clear()
+    assert await routes_here.lookup({alice, bob}) == {}
+
+
+async def test_a_user_stays_routed_until_the_last_local_socket_withdraws(
+    shared: RedisTarget,
+) -> None:
+    alice, here = user(), instance()
+    routes = shared.routes(here)
+    await routes.announce(alice)
+    await routes.announce(alice)
+    await routes.withdraw(alice)
+    assert await routes.lookup({alice}) == {here: {alice}}
+    await routes.withdraw(alice)
+    assert await routes.lookup({alice}) == {}
+    await routes.clear()
+
+
+async def test_expired_entries_are_ignored_at_once(shared: RedisTarget) -> None:
+    now = [1_800_000_000.0]
+    alice, here = user(), instance()
+    routes = shared.routes(here, ttl_seconds=30, clock=lambda: now[0])
+    await routes.announce(alice)
+    now[0] += 29
+    assert await routes.lookup({alice}) == {here: {alice}}
+    now[0] += 2
+    assert await routes.lookup({alice}) == {}
+    await routes.clear()
+
+
+async def test_lost_routing_state_is_reported_and_re_announced(shared: RedisTarget) -> None:
+    lost: list[str] = []
+    alice, here = user(), instance()
+    routes = shared.routes(here, on_lost=lost.append)
+    await routes.refresh_once()
+    await routes.announce(alice)
+    await routes.refresh_once()
+    assert lost == []
+    await shared.lose_state(here)
+    assert await routes.lookup({alice}) == {}
+    await routes.refresh_once()
+    assert lost == ["routing_lost"]
+    assert await routes.lookup({alice}) == {here: {alice}}
+    await routes.check()
+    await routes.clear()
+
+
+async def test_a_twin_using_the_same_instance_id_fails_readiness(shared: RedisTarget) -> None:
+    here = instance()
+    first, twin = shared.routes(here), shared.routes(here)
+    await first.refresh_once()
+    await twin.refresh_once()
+    await first.check()
+    await first.refresh_once()
+    with pytest.raises(RuntimeError, match="used by another process"):
+        await first.check()
+    await first.clear()
+
+
+@pytest.mark.parametrize("target", REDIS_TARGETS)
+async def test_routes_and_hand_off_raise_the_domains_retriable_error_when_the_server_is_away(
+    target: str,
+) -> None:
+    async with broken_routes_and_handoff(target) as (routes, handoff):
+        await routes.announce("u_x")  # best effort: never raises
+        await routes.withdraw("u_x")
+        with pytest.raises(Unavailable) as caught:
+            await routes.lookup({"u_x"})
+        assert caught.value.retriable
+        with pytest.raises(Unavailable) as caught:
+            await routes.refresh_once()
+        assert caught.value.retriable
+        with pytest.raises(Unavailable) as caught:
+            await handoff.send("elsewhere", [Delivery(message("c", 1), ("u_x",))])
+        assert caught.value.retriable
+        await routes.clear()
+
+
+# ------------------------------------------------------------------ hand-off
+
+
+class Received:
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+        self.resyncs: list[str] = []
+        self.arrived = asyncio.Event()
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> int:
+        self.deliveries.extend(deliveries)
+        self.arrived.set()
+        return len(deliveries)
+
+    def suggest_resync(self, reason: str) -> None:
+        self.resyncs.append(reason)
+
+
+async def test_a_hand_off_reaches_the_subscribed_instance_only(shared: RedisTarget) -> None:
+    here, there, nobody = instance(), instance(), instance()
+    receiver, sender = shared.handoff(there), shared.handoff(here)
+    received = Received()
+    task = asyncio.create_task(receiver.run_subscriber(received))
+    try:
+        async with asyncio.timeout(SECONDS):
+            await receiver.subscribed()
+        sent = [Delivery(message(new_group_id(), 7), ("u_a", "u_b"))]
+        await sender.send(nobody, sent)  # nobody listens: dropped, no error
+        await sender.send(there, sent)
+        async with asyncio.timeout(SECONDS):
+            await received.arrived.wait()
+        assert received.deliveries == sent
+        assert received.resyncs == []
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+@pytest.mark.parametrize("target", ["fake", "logged"])
+async def test_parking_a_message_or_a_raw_record_returns(target: str) -> None:
+    letters: DeadLetters = RecordingDeadLetters() if target == "fake" else LoggedDeadLetters("t")
+    await letters.park(message("c", 1), 0, 12, "permanent: bad")
+    await letters.park(b"\x00garbage", 1, 13, "undecodable")
+    if isinstance(letters, RecordingDeadLetters):
+        assert [(p.partition, p.offset) for p in letters.parked] == [(0, 12), (1, 13)]

@@ -1,0 +1,284 @@
+"""FanoutConsumer on fakes (ADR 0022): retriable failures are retried a bounded number of times,
+what can never succeed is parked as a dead letter and the partition moves on, and a failing
+partition shows in readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+
+import httpx
+import pytest
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, RequestTimedOutError
+from starlette.applications import Starlette
+
+from messaging.domain.errors import InvalidInput, Unavailable
+from messaging.domain.ids import new_group_id
+from messaging.domain.model import Membership, Message
+from messaging.fanout.adapters.kafka_events import translate
+from messaging.fanout.consumer import FanoutConsumer
+from messaging.fanout.ports import EventLogError
+from messaging.fanout.service import FanoutService
+from messaging.metrics import Metrics
+from messaging.protocol.delivery import Delivery
+from messaging.web import health
+from tests.fakes.fanout import (
+    FakeEventSource,
+    InMemoryEventLog,
+    Parked,
+    RecordingDeadLetters,
+)
+
+ALICE, BOB = "u_" + "a" * 32, "u_" + "b" * 32
+
+
+class Members:
+    """Memberships of every chat: Alice and Bob; ``broken`` chats raise ``error``."""
+
+    def __init__(self) -> None:
+        self.broken: dict[str, Exception] = {}
+        self.reads = 0
+
+    async def active_memberships(self, chat_id: str) -> list[Membership]:
+        self.reads += 1
+        if chat_id in self.broken:
+            raise self.broken[chat_id]
+        return [Membership(chat_id=chat_id, user_id=u, joined_seq=0) for u in (ALICE, BOB)]
+
+
+class BobHere:
+    async def lookup(self, user_ids: Collection[str]) -> dict[str, set[str]]:
+        return {"here": {BOB} & set(user_ids)}
+
+
+class Local:
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> int:
+        self.deliveries.extend(deliveries)
+        return len(deliveries)
+
+    def suggest_resync(self, reason: str) -> None:
+        return None
+
+
+class NoHandoff:
+    async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
+        raise AssertionError("everyone is local")
+
+
+def message(chat_id: str, sequence: int) -> Message:
+    return Message(
+        chat_id=chat_id,
+        sequence=sequence,
+        sender_id=ALICE,
+        sender_device="d",
+        client_message_id=f"m{sequence}",
+        text="hi",
+        created_at_ms=0,
+    )
+
+
+class World:
+    def __init__(self, max_attempts: int = 3) -> None:
+        self.log = InMemoryEventLog(partitions=1)
+        self.source = FakeEventSource(self.log)
+        self.members = Members()
+        self.local = Local()
+        self.letters = RecordingDeadLetters()
+        self.metrics = Metrics()
+        self.sleeps: list[float] = []
+        self.consumer = FanoutConsumer(
+            self.source,
+            FanoutService(
+                self.members,
+                BobHere(),
+                NoHandoff(),
+                self.local,
+                instance_id="here",
+                metrics=self.metrics,
+            ),
+            self.letters,
+            self.metrics,
+            max_attempts=max_attempts,
+            max_backoff_seconds=0.4,
+            first_backoff_seconds=0.1,
+            poll_seconds=0.01,
+            sleep=self.sleep,
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+    def delivered(self) -> list[tuple[str, int]]:
+        return [(d.message.chat_id, d.message.sequence) for d in self.local.deliveries]
+
+    def committed(self) -> int:
+        return self.log.committed.get(("fanout", 0), 0)
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@contextlib.asynccontextmanager
+async def running(world: World) -> AsyncIterator[None]:
+    task = asyncio.create_task(world.consumer.run())
+    try:
+        yield
+    finally:
+        async with asyncio.timeout(5):
+            await world.consumer.stop()
+        await task
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.001)):
+        if predicate():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_batch_that_always_fails_is_parked_after_the_bound_and_the_partition_moves_on() -> (
+    None
+):
+    world = World(max_attempts=3)
+    stuck, fine = new_group_id(), new_group_id()
+    world.members.broken[stuck] = Unavailable("the store is away")
+    world.log.append(message(stuck, 1))
+    world.log.append(message(stuck, 2))
+    async with running(world):
+        await until(lambda: world.committed() == 2)
+        assert [(p.record, p.partition, p.offset) for p in world.letters.parked] == [
+            (message(stuck, 1), 0, 0),
+            (message(stuck, 2), 0, 1),
+        ]
+        assert "failed 3 times" in world.letters.parked[0].reason
+        assert world.sleeps == [0.1, 0.2]  # backoff between the 3 attempts, doubling
+        world.log.append(message(fine, 1))  # the partition moves on
+        await until(lambda: world.committed() == 3)
+        assert world.delivered() == [(fine, 1)]
+        await world.consumer.check()  # ready again
+    assert world.sample("messaging_fanout_failures_total", kind="retriable") == 3
+    assert world.sample("messaging_fanout_dead_letters_total", cause="exhausted") == 2
+
+
+async def test_a_permanent_failure_parks_only_the_records_that_fail_alone() -> None:
+    world = World(max_attempts=5)
+    poison, fine = new_group_id(), new_group_id()
+    world.members.broken[poison] = InvalidInput("not a chat this version can read")
+    for chat, seq in ((fine, 1), (poison, 1), (fine, 2)):
+        world.log.append(message(chat, seq))
+    async with running(world):
+        await until(lambda: world.committed() == 3)
+    assert world.delivered() == [(fine, 1), (fine, 2)]
+    assert [p.offset for p in world.letters.parked] == [1]
+    assert "InvalidInput" in world.letters.parked[0].reason
+    assert world.sleeps == []  # nothing retried that cannot succeed
+    assert world.sample("messaging_fanout_dead_letters_total", cause="permanent") == 1
+
+
+async def test_an_undecodable_record_is_parked_and_does_not_stall_the_partition() -> None:
+    world = World()
+    chat = new_group_id()
+    world.log.append_raw(0, b"{not json")
+    world.log.append(message(chat, 1))
+    async with running(world):
+        await until(lambda: world.committed() == 2)
+    assert world.letters.parked[0].record == b"{not json"
+    assert world.letters.parked[0].reason.startswith("undecodable")
+    assert world.delivered() == [(chat, 1)]
+    assert world.sample("messaging_fanout_dead_letters_total", cause="undecodable") == 1
+
+
+async def test_a_retriable_failure_that_clears_is_delivered_without_dead_letters() -> None:
+    world = World(max_attempts=10)
+    chat = new_group_id()
+    world.members.broken[chat] = Unavailable("blip")
+    world.log.append(message(chat, 1))
+    async with running(world):
+        await until(lambda: len(world.sleeps) >= 2)
+        del world.members.broken[chat]
+        await until(lambda: world.committed() == 1)
+    assert world.delivered() == [(chat, 1)]
+    assert world.letters.parked == []
+
+
+async def test_readiness_and_metrics_name_a_failing_partition_while_it_is_retried() -> None:
+    world = World(max_attempts=1000)
+    chat = new_group_id()
+    world.members.broken[chat] = Unavailable("the store is away")
+    world.log.append(message(chat, 1))
+    app = Starlette(routes=health.routes(lambda _: [world.consumer]))
+    transport = httpx.ASGITransport(app=app)
+    async with running(world), httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        await until(lambda: len(world.sleeps) >= 3)
+        answer = await http.get("/readyz")
+        assert answer.status_code == 503
+        body = answer.json()
+        assert body["failing"] == ["fanout"]
+        assert "partition(s) 0 failing" in body["checks"]["fanout"]["error"]
+        assert "store is away" in body["checks"]["fanout"]["error"]
+        assert world.committed() == 0
+        assert world.sample("messaging_fanout_failures_total", kind="retriable") >= 3
+        del world.members.broken[chat]
+        await until(lambda: world.committed() == 1)
+        assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_stopping_during_retries_leaves_the_batch_uncommitted() -> None:
+    world = World(max_attempts=1000)
+    chat = new_group_id()
+    world.members.broken[chat] = Unavailable("away")
+    world.log.append(message(chat, 1))
+    async with running(world):
+        await until(lambda: len(world.sleeps) >= 2)
+    assert world.committed() == 0  # the next owner of the partition re-delivers it
+    assert world.letters.parked == []
+
+
+async def test_a_failing_dead_letter_store_holds_the_partition_until_it_parks() -> None:
+    world = World(max_attempts=1)
+    chat = new_group_id()
+    world.members.broken[chat] = InvalidInput("poison")
+    world.letters.fail = True
+    world.log.append(message(chat, 1))
+    async with running(world):
+        await until(
+            lambda: world.sample("messaging_fanout_failures_total", kind="dead_letter") >= 2
+        )
+        assert world.committed() == 0
+        with pytest.raises(RuntimeError, match="partition"):
+            await world.consumer.check()
+        world.letters.fail = False
+        await until(lambda: world.committed() == 1)
+    assert world.letters.parked == [Parked(message(chat, 1), 0, 0, world.letters.parked[0].reason)]
+
+
+async def test_a_failing_poll_is_retried_and_reported() -> None:
+    world = World()
+    world.source.fail = Unavailable("the log is away")
+    async with running(world):
+        await until(lambda: len(world.sleeps) >= 2)
+        with pytest.raises(RuntimeError, match="polling the event log fails"):
+            await world.consumer.check()
+        world.source.fail = None
+        await until(lambda: world.sample("messaging_fanout_seconds_since_progress") < 1)
+        await until(lambda: not world.consumer._poll_error)
+        await world.consumer.check()
+    assert world.sample("messaging_fanout_failures_total", kind="poll") >= 2
+
+
+def test_kafka_errors_are_translated_by_their_retriable_flag() -> None:
+    retriable = translate(KafkaConnectionError("down"), "polling")
+    assert isinstance(retriable, Unavailable)
+    assert retriable.retriable
+    assert translate(RequestTimedOutError(), "polling").retriable
+    permanent = translate(CommitFailedError("rebalanced"), "committing")
+    assert isinstance(permanent, EventLogError)
+    assert not permanent.retriable
+    assert translate(ConnectionResetError(), "polling").retriable
