@@ -57,7 +57,10 @@ async def test_redis_set_and_get(stack: Settings) -> None:
 
 def test_app_processes_are_alive_and_ready(apps: list[AppProcess]) -> None:
     for app in apps:
-        assert httpx.get(app.base_url + "/healthz").json() == {"status": "alive"}
+        assert httpx.get(app.base_url + "/healthz").json() == {
+            "status": "alive",
+            "instance": app.instance_id,
+        }
         ready = httpx.get(app.base_url + "/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {
