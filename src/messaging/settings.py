@@ -107,6 +107,8 @@ class Settings:
     stack_kafka_controller_port: int = 9093
     stack_dynamodb_port: int = 8001
     stack_redis_port: int = 6379
+    stack_toxiproxy_port: int = 8474
+    """Toxiproxy's HTTP API: the network fault proxy of the test profile (ADR 0028)."""
 
     # Test-only fault injection; refused in production.
     fault_hooks: bool = False
@@ -247,6 +249,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "stack_kafka_controller_port": _PORT,
     "stack_dynamodb_port": _PORT,
     "stack_redis_port": _PORT,
+    "stack_toxiproxy_port": _PORT,
     "fault_hooks": _parse_bool,
 }
 

@@ -28,6 +28,8 @@ Say = Callable[[str], None]
 
 KAFKA_VERSION = "4.1.1"
 DYNOXIDE_VERSION = "3.2.0"
+TOXIPROXY_VERSION = "2.12.0"
+TOXIPROXY_MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 
 
 def cache_root() -> Path:
@@ -52,10 +54,17 @@ class Service(Protocol):
         ...
 
 
-def _run_streaming(argv: list[str], say: Say, *, what: str, cwd: Path | None = None) -> None:
+def _run_streaming(
+    argv: list[str],
+    say: Say,
+    *,
+    what: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
     say(f"{what}: {' '.join(argv)}")
     proc = subprocess.Popen(
-        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
     tail: list[str] = []
@@ -383,3 +392,61 @@ class Redis:
         except OSError as exc:
             return f"no answer from {self.address()}: {exc}"
         return None if answer.startswith(b"+PONG") else f"unexpected answer {answer!r}"
+
+
+# --------------------------------------------------------------------------- Toxiproxy
+
+
+@attrs.define
+class Toxiproxy:
+    """Shopify's TCP fault proxy (ADR 0028): tests route an app process's paths through it and
+    cut or degrade one path while both ends stay up. Built once with ``go install`` from the Go
+    module proxy into the cache, like dynoxide with cargo. It holds no proxy until a test makes
+    one, so it costs nothing to a ``make run`` that never uses it."""
+
+    settings: Settings
+    process: ManagedProcess
+    name: str = "toxiproxy"
+
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.settings.stack_toxiproxy_port}"
+
+    def ports(self) -> list[tuple[int, str]]:
+        return [(self.settings.stack_toxiproxy_port, env_var("stack_toxiproxy_port"))]
+
+    @property
+    def root(self) -> Path:
+        return cache_root() / f"toxiproxy-{TOXIPROXY_VERSION}"
+
+    def binary(self) -> Path:
+        return self.root / "bin" / "server"
+
+    def prepare(self, say: Say) -> None:
+        if self.binary().exists():
+            return
+        go = _require("go", "install Go 1.22 or newer to build Toxiproxy (the fault proxy)")
+        say(f"toxiproxy: building {TOXIPROXY_VERSION} with go install (first run only, ~1 min)")
+        env = {**os.environ, "GOBIN": str((self.root / "bin").resolve()), "GOFLAGS": "-mod=mod"}
+        _run_streaming(
+            [go, "install", f"{TOXIPROXY_MODULE}@v{TOXIPROXY_VERSION}"], say, what="go", env=env
+        )
+
+    def start(self) -> None:
+        self.process.start(
+            [
+                str(self.binary()),
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.settings.stack_toxiproxy_port),
+            ]
+        )
+
+    def health(self) -> str | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.address() + "/version", timeout=2) as answer:
+                return None if answer.status == 200 else f"/version answered {answer.status}"
+        except OSError as exc:
+            return f"no answer from {self.address()}: {exc}"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from messaging.devstack.process import ManagedProcess, StackError, ensure_port_free
-from messaging.devstack.services import DynamoEmulator, Kafka, Redis, Say, Service
+from messaging.devstack.services import DynamoEmulator, Kafka, Redis, Say, Service, Toxiproxy
 from messaging.settings import Settings
 
 READY_TIMEOUT_SECONDS = 120.0
@@ -28,6 +28,7 @@ def services(settings: Settings) -> list[Service]:
         Redis(settings, proc("redis")),
         DynamoEmulator(settings, proc("dynamodb")),
         Kafka(settings, proc("kafka")),
+        Toxiproxy(settings, proc("toxiproxy")),
     ]
 
 
