@@ -10,6 +10,7 @@ import random
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from messaging.settings import Settings
@@ -25,6 +26,8 @@ IDLE_TIMEOUT = 6.0
 SWEEP = min(IDLE_TIMEOUT / 4, 5.0)
 FREED_BOUND = IDLE_TIMEOUT + SWEEP + 2.0
 """A half-open socket is freed within the idle timeout, one sweep period and this margin."""
+READY_BOUND = 5.0
+"""``/readyz`` answers within this, whatever a dependency does."""
 
 
 async def _answer(socket: Socket, seconds: float) -> dict[str, Any]:
@@ -115,4 +118,43 @@ async def test_a_half_open_client_path_is_freed_within_the_idle_timeout_and_clie
     assert freed <= FREED_BOUND, f"freed after {freed:.1f}s (bound {FREED_BOUND:.1f}s)"
     await scenario.settle_sends(allow_abandoned=True)
     await scenario.converge(seconds=30)
+    await scenario.final_check()
+
+
+async def test_a_process_cut_from_redis_reports_it_and_loses_nothing(network: Network) -> None:
+    """Process a cannot reach Redis (routing and hand-off, ADR 0007) for 10 s under traffic on
+    both processes: its readiness says so within a bound (a balancer can act on it), sends keep
+    working (they need only the store), and after healing every member converges through live
+    delivery or sync, with nothing lost: the checker passes."""
+    scenario = network.scenario
+    a, _ = network.apps
+    members = await population(scenario)
+    traffic = Traffic(members, random.Random(30)).start()
+    try:
+        await asyncio.sleep(2.0)
+        await network.proxy.blackhole(a.paths["redis"])
+        scenario.note("a cut from Redis")
+        started = time.monotonic()
+        status, failing = 0, []
+        async with httpx.AsyncClient(timeout=READY_BOUND + 5) as http:
+            while time.monotonic() - started < 10.0:
+                asked = time.monotonic()
+                answer = await http.get(a.base_url + "/readyz")
+                answered = time.monotonic() - asked
+                status, failing = answer.status_code, answer.json()["failing"]
+                assert answered <= READY_BOUND, f"/readyz took {answered:.1f}s"
+                if status == 503:
+                    break
+                await asyncio.sleep(0.5)
+        scenario.note(f"a's /readyz: {status} {failing} after {time.monotonic() - started:.1f}s")
+        await asyncio.sleep(max(0.0, 10.0 - (time.monotonic() - started)))
+        await network.proxy.heal(a.paths["redis"])
+        scenario.note("healed")
+        await asyncio.sleep(3.0)
+    finally:
+        await traffic.stop()
+    assert status == 503, (status, failing)
+    assert "redis" in failing or "routing" in failing, failing
+    await scenario.settle_sends()
+    await scenario.converge(seconds=45)
     await scenario.final_check()
