@@ -5,26 +5,35 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help prereqs venv run test stack-up stack-down stack-status lint typecheck unit lock clean
+.PHONY: help prereqs venv run test stack-up stack-down stack-status doctor lint typecheck unit lock clean
 
 help:
-	@echo "make run    - venv, install, local stack up, db init, serve on http://127.0.0.1:8000"
-	@echo "make test   - the same stack, then lint-imports, ruff, mypy, hadolint, pip-audit and pytest"
+	@echo "make run    - install missing system packages, venv, local stack up, db init, serve on http://127.0.0.1:8000"
+	@echo "make test   - the same (plus Chromium), then lint-imports, ruff, mypy, hadolint, pip-audit and pytest"
 	@echo "make stack-down - stop Kafka, the DynamoDB API emulator and Redis"
+	@echo "make doctor - what is installed, which ports are taken and by whom, caches and logs"
 
+# The system packages (apt-get as root or with sudo -n; else it prints the command and stops).
+# `make test` also needs Chromium and an emoji font: its prerequisites see PREREQS=test.
+PREREQS ?= run
+test: PREREQS := test
 prereqs:
-	@scripts/check-prereqs
+	@scripts/install-prereqs $(PREREQS)
 
+# First run only: pip prints its own progress; the stage line says how long it took.
 $(BIN)/.installed: pyproject.toml constraints.txt
-	python3 -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
-	touch $@
+	@echo "== venv and install: $(VENV) (first run, and after pyproject.toml or constraints.txt change)"
+	@start=$$SECONDS; \
+	python3 -m venv $(VENV) \
+	&& $(BIN)/pip install --upgrade pip \
+	&& $(BIN)/pip install -c constraints.txt -e ".[dev]" \
+	&& touch $@ \
+	&& echo "== venv and install: $$(( SECONDS - start ))s"
 
 venv: $(BIN)/.installed
 
 stack-up: prereqs venv
-	$(BIN)/messaging stack up
+	@$(BIN)/messaging stack up
 
 stack-down:
 	@if [ -x $(BIN)/messaging ]; then $(BIN)/messaging stack down; fi
@@ -32,9 +41,13 @@ stack-down:
 stack-status: venv
 	$(BIN)/messaging stack status
 
+doctor: venv
+	@$(BIN)/messaging doctor
+
 run: stack-up
-	$(BIN)/messaging db init
-	$(BIN)/messaging serve
+	@$(BIN)/messaging db init
+	@echo "== serve: http://$${MESSAGING_HOST:-127.0.0.1}:$${MESSAGING_PORT:-8000}/ (Ctrl-C stops the app, make stack-down the stack)"
+	@$(BIN)/messaging serve
 
 lint: venv
 	$(BIN)/lint-imports

@@ -1,4 +1,4 @@
-"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``.
+"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``, ``doctor``.
 
 Settings are read and validated once, here, before anything starts; a bad value ends the
 command with exit code 2 and a message naming the variable.
@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from messaging.settings import Settings, SettingsError, from_env
@@ -35,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     db_cmds = db.add_subparsers(dest="db_command", required=True)
     db_cmds.add_parser("init", help="create missing tables (idempotent; same code as on AWS)")
 
+    doctor = commands.add_parser(
+        "doctor", help="what is installed, which ports are taken and by whom, caches and logs"
+    )
+    doctor.add_argument("--strict", action="store_true", help="exit 1 when something is wrong")
+
     from messaging.bench import command as bench
 
     bench.configure(commands.add_parser("bench", help="load scenarios and baselines"))
@@ -57,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stack(settings, args)
     if args.command == "db":
         return _db_init(settings)
+    if args.command == "doctor":
+        from messaging.devstack import doctor
+
+        return doctor.run(settings, strict=args.strict)
     if args.command == "bench":
         from messaging.bench import command as bench
 
@@ -131,14 +141,20 @@ def _db_init(settings: Settings) -> int:
     from messaging.infra.dynamodb import open_client
     from messaging.infra.schema import ensure_tables
 
+    def progress(line: str) -> None:
+        if not line.startswith("table "):  # "table X exists" on every later run: not news
+            print(line, flush=True)
+
     async def run() -> list[str]:
         async with open_client(settings.dynamodb_endpoint, settings.aws_region) as client:
-            return await ensure_tables(client, settings.table_prefix, progress=print)
+            return await ensure_tables(client, settings.table_prefix, progress=progress)
 
+    started = time.monotonic()
     try:
         created = asyncio.run(run())
     except Exception as exc:
         print(f"messaging db init: {exc}", file=sys.stderr)
         return 1
-    print(f"db init: {len(created)} table(s) created; all tables ready")
+    elapsed = time.monotonic() - started
+    print(f"== tables: {len(created)} created, all ready ({elapsed:.1f}s)", flush=True)
     return 0
