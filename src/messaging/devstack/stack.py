@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import attrs
+
 from messaging.devstack.process import ManagedProcess, StackError, ensure_port_free
 from messaging.devstack.services import (
     DynamoEmulator,
@@ -66,8 +68,31 @@ def _wait_ready(service: Service, say: Say, timeout: float = READY_TIMEOUT_SECON
     )
 
 
+PROFILE_FILE = "kafka-brokers"
+
+
+def recorded_profile(settings: Settings) -> Settings:
+    """The settings with the Kafka node count of the stack that runs (``up`` records it), so
+    that ``status``, ``down`` and ``logs`` see every node whatever the environment says."""
+    path = settings.stack_dir / PROFILE_FILE
+    try:
+        brokers = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return settings
+    return attrs.evolve(settings, stack_kafka_brokers=brokers)
+
+
 def up(settings: Settings, say: Say = print) -> None:
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    running = recorded_profile(attrs.evolve(settings, stack_kafka_brokers=0))
+    if running.stack_kafka_brokers not in (0, settings.stack_kafka_brokers) and any(
+        s.process.pid() for s in services(running) if isinstance(s, Kafka)
+    ):
+        raise StackError(
+            f"the stack runs {running.stack_kafka_brokers} Kafka node(s); "
+            f"`messaging stack down` before starting it with {settings.stack_kafka_brokers}"
+        )
+    (settings.stack_dir / PROFILE_FILE).write_text(f"{settings.stack_kafka_brokers}\n")
     todo: list[Service] = []
     for service in services(settings):
         pid = service.process.pid()
