@@ -33,7 +33,13 @@ def _parser() -> argparse.ArgumentParser:
 
     stack = commands.add_parser("stack", help="the local Kafka, DynamoDB API and Redis")
     stack_cmds = stack.add_subparsers(dest="stack_command", required=True)
-    stack_cmds.add_parser("up", help="start what is not running, wait until healthy")
+    stack_up = stack_cmds.add_parser("up", help="start what is not running, wait until healthy")
+    stack_up.add_argument(
+        "--kafka-brokers",
+        type=int,
+        choices=(1, 3),
+        help="KRaft nodes: 1 (default) or 3, the replicated profile (ADR 0029)",
+    )
     stack_cmds.add_parser("down", help="stop the processes the stack started")
     stack_cmds.add_parser("status", help="each service with its address and health")
     logs = stack_cmds.add_parser("logs", help="the last lines of each service's log")
@@ -94,6 +100,8 @@ def _serve(settings: Settings, workers: int, reuse_port: bool) -> int:
 
 
 def _stack(settings: Settings, args: argparse.Namespace) -> int:
+    import attrs
+
     from messaging.devstack import stack
     from messaging.devstack.process import StackError
 
@@ -101,6 +109,10 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     try:
+        if args.stack_command == "up" and args.kafka_brokers:
+            settings = attrs.evolve(settings, stack_kafka_brokers=args.kafka_brokers)
+        else:
+            settings = stack.recorded_profile(settings)
         if args.stack_command == "up":
             stack.up(settings, say)
         elif args.stack_command == "down":

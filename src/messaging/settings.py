@@ -113,8 +113,12 @@ class Settings:
     dynamodb_emulator: DynamoEmulator = "dynoxide"
     stack_kafka_port: int = 9092
     stack_kafka_controller_port: int = 9093
+    stack_kafka_brokers: int = 1
+    """1, or 3 for the replicated profile (ADR 0029); node n uses the Kafka ports + 2(n-1)."""
     stack_dynamodb_port: int = 8001
     stack_redis_port: int = 6379
+    stack_toxiproxy_port: int = 8474
+    """Toxiproxy's HTTP API: the network fault proxy of the test profile (ADR 0028)."""
 
     # Test-only fault injection; refused in production.
     fault_hooks: bool = False
@@ -155,6 +159,19 @@ def _parse_choice(*choices: str) -> Callable[[str], str]:
         if raw not in choices:
             raise ValueError(f"expected one of {', '.join(choices)}, got {raw!r}")
         return raw
+
+    return parse
+
+
+def _parse_choice_int(*choices: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = -1
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(str, choices))}, got {raw!r}")
+        return value
 
     return parse
 
@@ -256,8 +273,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dynamodb_emulator": _parse_choice("dynoxide", "moto"),
     "stack_kafka_port": _PORT,
     "stack_kafka_controller_port": _PORT,
+    "stack_kafka_brokers": _parse_choice_int(1, 3),
     "stack_dynamodb_port": _PORT,
     "stack_redis_port": _PORT,
+    "stack_toxiproxy_port": _PORT,
     "fault_hooks": _parse_bool,
 }
 
@@ -288,7 +307,13 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             raise SettingsError(f"{env_var(name)}: {exc}") from None
     # The service endpoints follow the local stack's ports unless given explicitly.
-    values.setdefault("kafka_bootstrap", f"127.0.0.1:{values.get('stack_kafka_port', 9092)}")
+    values.setdefault(
+        "kafka_bootstrap",
+        ",".join(
+            f"127.0.0.1:{values.get('stack_kafka_port', 9092) + 2 * n}"
+            for n in range(values.get("stack_kafka_brokers", 1))
+        ),
+    )
     values.setdefault(
         "dynamodb_endpoint", f"http://127.0.0.1:{values.get('stack_dynamodb_port', 8001)}"
     )

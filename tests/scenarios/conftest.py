@@ -18,12 +18,14 @@ import attrs
 import pytest
 
 from messaging.devstack.services import kafka_create_topics
+from messaging.devstack.toxiproxy import Toxiproxy
 from messaging.infra.dynamodb import open_dynamo
 from messaging.infra.schema import ensure_tables
 from messaging.settings import Settings
 from tests.conftest import RUN_ID
 from tests.integration.conftest import app_env, prepare_stack
 from tests.scenarios.harness import App, Scenario
+from tests.scenarios.partitions import ProxiedApp
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -105,6 +107,54 @@ async def isolated(
         await run.close()
         await asyncio.gather(*(app.sigkill() for app in apps))
         await run.ensure_services()
+
+
+@attrs.define
+class Network:
+    """A scenario whose two app processes reach the stack and their clients through proxies."""
+
+    scenario: Scenario
+    proxy: Toxiproxy
+    apps: list[ProxiedApp]
+
+
+@pytest.fixture
+async def network(
+    scenario_settings: Settings, request: pytest.FixtureRequest
+) -> AsyncIterator[Network]:
+    """Two app processes of their own (own tables, topic and consumer group, as ``isolated``),
+    each with its DynamoDB, Redis and client paths through Toxiproxy; overrides of their
+    settings come from the test's ``app_settings`` marker."""
+    settings = attrs.evolve(
+        scenario_settings,
+        table_prefix=f"{scenario_settings.table_prefix}net-",
+        kafka_messages_topic=f"{scenario_settings.kafka_messages_topic}-net",
+        kafka_consumer_group=f"{scenario_settings.kafka_consumer_group}-net",
+    )
+    async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
+        await ensure_tables(client, settings.table_prefix)
+    await kafka_create_topics(
+        settings.kafka_bootstrap,
+        {settings.kafka_messages_topic: settings.kafka_messages_partitions},
+    )
+    marker = request.node.get_closest_marker("app_settings")
+    overrides: dict[str, str] = dict(marker.kwargs) if marker else {}
+    proxy = Toxiproxy(f"http://127.0.0.1:{settings.stack_toxiproxy_port}")
+    apps = [
+        ProxiedApp(f"scn{RUN_ID}-net-{n}", scenario_env(settings, **overrides)) for n in ("a", "b")
+    ]
+    run = Scenario(settings, apps, label=request.node.name)
+    try:
+        for app in apps:
+            await app.make_paths(proxy, settings)
+        await asyncio.gather(*(app.launch() for app in apps))
+        yield Network(run, proxy, apps)
+    finally:
+        await run.close()
+        await asyncio.gather(*(app.sigkill() for app in apps))
+        for app in apps:
+            await app.remove_paths(proxy)
+        await proxy.aclose()
 
 
 @pytest.fixture

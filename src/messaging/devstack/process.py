@@ -113,6 +113,21 @@ class ManagedProcess:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self) -> bool:
+        """SIGKILL the recorded process group at once (a crash, for fault tests). True if it ran."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        for _ in range(50):
+            _reap(pid)
+            if self.pid() is None:
+                break
+            time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
     def tail(self, lines: int) -> str:
         try:
             content = self.log_file.read_text(errors="replace").splitlines()

@@ -31,6 +31,8 @@ Say = Callable[[str], None]
 KAFKA_VERSION = "4.1.1"
 DYNOXIDE_VERSION = "3.2.0"
 DYNOXIDE_MIN_RUST = "1.88"  # dynoxide-rs 3.2.0's rust-version
+TOXIPROXY_VERSION = "2.12.0"
+TOXIPROXY_MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 
 
 def cache_root() -> Path:
@@ -40,8 +42,10 @@ def cache_root() -> Path:
 
 
 class Service(Protocol):
-    name: str
     process: ManagedProcess
+
+    @property
+    def name(self) -> str: ...
 
     def address(self) -> str: ...
     def ports(self) -> list[tuple[int, str]]:
@@ -98,6 +102,16 @@ def cargo_fold() -> Fold:
     )
 
 
+def go_fold() -> Fold:
+    """``go install`` prints one line per module it downloads."""
+    return Fold(
+        "Go modules fetched",
+        counted=re.compile(r"^go: downloading "),
+        shown=re.compile(r"^(go: .*(error|cannot|invalid)|# )"),
+        every=10,
+    )
+
+
 def stage(say: Say, name: str, started: float) -> None:
     """One line per first-run stage with its elapsed time (README, "First run")."""
     elapsed = time.monotonic() - started
@@ -106,11 +120,17 @@ def stage(say: Say, name: str, started: float) -> None:
 
 
 def _run_streaming(
-    argv: list[str], say: Say, *, what: str, fold: Fold, cwd: Path | None = None
+    argv: list[str],
+    say: Say,
+    *,
+    what: str,
+    fold: Fold,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:
     say(f"{what}: {' '.join(argv)}")
     proc = subprocess.Popen(
-        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     assert proc.stdout is not None
     tail: list[str] = []
@@ -138,9 +158,21 @@ def _require(tool: str, how: str) -> str:
 
 @attrs.define
 class Kafka:
+    """One KRaft node (broker and controller in one process). The default profile is one node;
+    the replicated profile (``MESSAGING_STACK_KAFKA_BROKERS=3``, ADR 0029) runs three, node n
+    on the Kafka ports + 2(n-1), with a static three-voter controller quorum."""
+
     settings: Settings
     process: ManagedProcess
-    name: str = "kafka"
+    node: int = 1
+
+    @property
+    def name(self) -> str:
+        return "kafka" if self.node == 1 else f"kafka-{self.node}"
+
+    @property
+    def brokers(self) -> int:
+        return self.settings.stack_kafka_brokers
 
     @property
     def libs(self) -> Path:
@@ -148,10 +180,20 @@ class Kafka:
 
     @property
     def data_dir(self) -> Path:
-        return self.settings.stack_dir / "kafka-data"
+        if self.brokers == 1:
+            return self.settings.stack_dir / "kafka-data"
+        return self.settings.stack_dir / f"kafka{self.brokers}-data" / f"node-{self.node}"
+
+    @property
+    def port(self) -> int:
+        return kafka_port(self.settings, self.node)
+
+    @property
+    def controller_port(self) -> int:
+        return kafka_controller_port(self.settings, self.node)
 
     def address(self) -> str:
-        return f"127.0.0.1:{self.settings.stack_kafka_port}"
+        return f"127.0.0.1:{self.port}"
 
     def prepare(self, say: Say) -> None:
         _require("java", "install a Java 17 runtime (apt-get install -y openjdk-17-jre-headless)")
@@ -185,34 +227,45 @@ class Kafka:
 
     def ports(self) -> list[tuple[int, str]]:
         return [
-            (self.settings.stack_kafka_port, env_var("stack_kafka_port")),
-            (self.settings.stack_kafka_controller_port, env_var("stack_kafka_controller_port")),
+            (self.port, env_var("stack_kafka_port")),
+            (self.controller_port, env_var("stack_kafka_controller_port")),
         ]
 
     def _properties(self) -> Path:
-        s = self.settings
-        path = self.settings.stack_dir / "kafka.properties"
+        replicas = min(self.brokers, 3)
+        min_isr = 2 if replicas >= 3 else 1
+        if self.brokers == 1:
+            path = self.settings.stack_dir / "kafka.properties"
+            quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+        else:
+            path = self.settings.stack_dir / f"kafka{self.brokers}-node-{self.node}.properties"
+            quorum = "controller.quorum.voters=" + ",".join(
+                f"{n}@127.0.0.1:{kafka_controller_port(self.settings, n)}"
+                for n in range(1, self.brokers + 1)
+            )
         path.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.bootstrap.servers=127.0.0.1:{s.stack_kafka_controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{s.stack_kafka_port},"
-                    f"CONTROLLER://127.0.0.1:{s.stack_kafka_controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.stack_kafka_port}",
+                    f"node.id={self.node}",
+                    quorum,
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
                     "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"log.dirs={self.data_dir.resolve()}",
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
-                    "offsets.topic.replication.factor=1",
+                    f"default.replication.factor={replicas}",
+                    f"min.insync.replicas={min_isr}",
+                    f"offsets.topic.replication.factor={replicas}",
                     "offsets.topic.num.partitions=8",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
+                    f"transaction.state.log.replication.factor={replicas}",
+                    f"transaction.state.log.min.isr={min_isr}",
+                    f"share.coordinator.state.topic.replication.factor={replicas}",
+                    f"share.coordinator.state.topic.min.isr={min_isr}",
                     "group.initial.rebalance.delay.ms=0",
                     # Lets consumers use short session timeouts, so a killed app process's
                     # partitions move to the others within seconds (ADR 0006).
@@ -243,12 +296,17 @@ class Kafka:
         properties = self._properties()
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            cluster_id = _kafka_uuid()
+            # One cluster id for every node of the profile (kept beside their data dirs).
+            id_file = self.data_dir.parent / "cluster-id"
+            if self.brokers == 1 or not id_file.exists():
+                id_file.write_text(_kafka_uuid())
+            cluster_id = id_file.read_text().strip()
+            standalone = ["--standalone"] if self.brokers == 1 else []
             result = subprocess.run(
                 self._java(
                     "kafka.tools.StorageTool",
                     "format",
-                    "--standalone",
+                    *standalone,
                     "-t",
                     cluster_id,
                     "-c",
@@ -268,6 +326,15 @@ class Kafka:
     def create_topics(self) -> list[str]:
         topics = {self.settings.kafka_messages_topic: self.settings.kafka_messages_partitions}
         return asyncio.run(kafka_create_topics(self.address(), topics))
+
+
+def kafka_port(settings: Settings, node: int) -> int:
+    """The client port of KRaft node ``node`` (1-based)."""
+    return settings.stack_kafka_port + 2 * (node - 1)
+
+
+def kafka_controller_port(settings: Settings, node: int) -> int:
+    return settings.stack_kafka_controller_port + 2 * (node - 1)
 
 
 def _kafka_uuid() -> str:
@@ -303,7 +370,16 @@ async def kafka_create_topics(bootstrap: str, topics: dict[str, int]) -> list[st
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
+        # Replicated where the cluster can (the 3-broker profile, ADR 0029): three copies, and
+        # a write needs two in sync, so one broker may fail without losing or refusing one.
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replicas = min(brokers, 3)
+        configs = {"min.insync.replicas": "2"} if replicas >= 3 else {}
+        missing = [
+            NewTopic(n, p, replicas, topic_configs=configs)
+            for n, p in topics.items()
+            if n not in existing
+        ]
         if missing:
             await admin.create_topics(missing)
         return [t.name for t in missing]
@@ -451,3 +527,67 @@ class Redis:
         except OSError as exc:
             return f"no answer from {self.address()}: {exc}"
         return None if answer.startswith(b"+PONG") else f"unexpected answer {answer!r}"
+
+
+# --------------------------------------------------------------------------- Toxiproxy
+
+
+@attrs.define
+class Toxiproxy:
+    """Shopify's TCP fault proxy (ADR 0028): tests route an app process's paths through it and
+    cut or degrade one path while both ends stay up. Built once with ``go install`` from the Go
+    module proxy into the cache, like dynoxide with cargo. It holds no proxy until a test makes
+    one, so it costs nothing to a ``make run`` that never uses it."""
+
+    settings: Settings
+    process: ManagedProcess
+    name: str = "toxiproxy"
+
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.settings.stack_toxiproxy_port}"
+
+    def ports(self) -> list[tuple[int, str]]:
+        return [(self.settings.stack_toxiproxy_port, env_var("stack_toxiproxy_port"))]
+
+    @property
+    def root(self) -> Path:
+        return cache_root() / f"toxiproxy-{TOXIPROXY_VERSION}"
+
+    def binary(self) -> Path:
+        return self.root / "bin" / "server"
+
+    def prepare(self, say: Say) -> None:
+        if self.binary().exists():
+            return
+        go = _require("go", "install Go 1.22 or newer to build Toxiproxy (the fault proxy)")
+        started = time.monotonic()
+        say(f"== toxiproxy build: {TOXIPROXY_VERSION} with go install (first run only, ~1 min)")
+        env = {**os.environ, "GOBIN": str((self.root / "bin").resolve()), "GOFLAGS": "-mod=mod"}
+        _run_streaming(
+            [go, "install", f"{TOXIPROXY_MODULE}@v{TOXIPROXY_VERSION}"],
+            say,
+            what="go",
+            fold=go_fold(),
+            env=env,
+        )
+        stage(say, "toxiproxy build", started)
+
+    def start(self) -> None:
+        self.process.start(
+            [
+                str(self.binary()),
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.settings.stack_toxiproxy_port),
+            ]
+        )
+
+    def health(self) -> str | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.address() + "/version", timeout=2) as answer:
+                return None if answer.status == 200 else f"/version answered {answer.status}"
+        except OSError as exc:
+            return f"no answer from {self.address()}: {exc}"

@@ -10,8 +10,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import attrs
+
 from messaging.devstack.process import ManagedProcess, StackError, ensure_port_free
-from messaging.devstack.services import DynamoEmulator, Kafka, Redis, Say, Service, stage
+from messaging.devstack.services import (
+    DynamoEmulator,
+    Kafka,
+    Redis,
+    Say,
+    Service,
+    Toxiproxy,
+    stage,
+)
 from messaging.settings import Settings
 
 READY_TIMEOUT_SECONDS = 120.0
@@ -27,7 +37,11 @@ def services(settings: Settings) -> list[Service]:
     return [
         Redis(settings, proc("redis")),
         DynamoEmulator(settings, proc("dynamodb")),
-        Kafka(settings, proc("kafka")),
+        *(
+            Kafka(settings, proc("kafka" if n == 1 else f"kafka-{n}"), n)
+            for n in range(1, settings.stack_kafka_brokers + 1)
+        ),
+        Toxiproxy(settings, proc("toxiproxy")),
     ]
 
 
@@ -54,15 +68,45 @@ def _wait_ready(service: Service, say: Say, timeout: float = READY_TIMEOUT_SECON
     )
 
 
+PROFILE_FILE = "kafka-brokers"
+
+
+def recorded_profile(settings: Settings) -> Settings:
+    """The settings with the Kafka node count of the stack that runs (``up`` records it), so
+    that ``status``, ``down`` and ``logs`` see every node whatever the environment says."""
+    path = settings.stack_dir / PROFILE_FILE
+    try:
+        brokers = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return settings
+    return attrs.evolve(settings, stack_kafka_brokers=brokers)
+
+
 def up(settings: Settings, say: Say = print) -> None:
     settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    running = recorded_profile(attrs.evolve(settings, stack_kafka_brokers=0))
+    if running.stack_kafka_brokers not in (0, settings.stack_kafka_brokers) and any(
+        s.process.pid() for s in services(running) if isinstance(s, Kafka)
+    ):
+        raise StackError(
+            f"the stack runs {running.stack_kafka_brokers} Kafka node(s); "
+            f"`messaging stack down` before starting it with {settings.stack_kafka_brokers}"
+        )
+    (settings.stack_dir / PROFILE_FILE).write_text(f"{settings.stack_kafka_brokers}\n")
     todo: list[Service] = []
     for service in services(settings):
         pid = service.process.pid()
         if pid is not None:
             say(f"{service.name}: already running (pid {pid}) at {service.address()}")
             continue
-        service.prepare(say)
+        try:
+            service.prepare(say)
+        except StackError as exc:
+            if not isinstance(service, Toxiproxy):
+                raise
+            # Only the partition tests need the fault proxy: a machine without Go still runs.
+            say(f"{service.name}: skipped ({exc}); the partition tests need it")
+            continue
         todo.append(service)
     for service in todo:
         for port, setting in service.ports():
@@ -74,7 +118,7 @@ def up(settings: Settings, say: Say = print) -> None:
     for service in todo:
         _wait_ready(service, say)
     for service in services(settings):
-        if isinstance(service, Kafka):
+        if isinstance(service, Kafka) and service.node == 1:
             created = service.create_topics()
             if created:
                 say(f"kafka: created topics {', '.join(created)}")
