@@ -53,7 +53,7 @@ Sends
 :meth:`ChatClient.send` (or :meth:`ChatClient.submit` for a future) keeps the send until its
 ``send_ack`` or a non-retriable ``error`` (:class:`~messaging.client.errors.SendRejected`). It is
 written again, with the same ``client_message_id``, after every reconnect, after a retriable error
-(``unavailable``, ``store_unavailable``, ``rate_limited``, ``internal_error``: after a backoff) and
+(the codes ``messaging.protocol.frames.ErrorCode.retriable`` names: after a backoff) and
 when no answer came within ``send_ack_timeout``; retrying is safe (the server's idempotency).
 After ``send_max_age`` (24 h) it fails with :class:`~messaging.client.errors.SendExpired`. A
 caller that stops waiting does not cancel the send: its outcome still lands in the history.
@@ -74,7 +74,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
-import orjson
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
@@ -90,12 +90,11 @@ from messaging.client.errors import (
 from messaging.client.history import History, ReceivedRecord, SendOutcome, SendRecord, now_ms
 from messaging.client.ordering import ReorderBuffer
 from messaging.domain.model import Message
-from messaging.protocol.frames import SUBPROTOCOL, CloseCode
-from messaging.protocol.wire import message_from_json
+from messaging.protocol import frames
+from messaging.protocol.frames import MAX_SYNC_CHATS, SUBPROTOCOL, CloseCode, ErrorCode
 
 logger = logging.getLogger("messaging.client")
 
-RETRIABLE_ERRORS = frozenset({"unavailable", "store_unavailable", "rate_limited", "internal_error"})
 FATAL_CLOSE_CODES = frozenset({CloseCode.UNAUTHENTICATED, CloseCode.DEVICE_MISMATCH})
 NO_CLOSE_FRAME = 1006
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024
@@ -265,8 +264,8 @@ def _close_info(exc: ConnectionClosed) -> tuple[int, str]:
     return NO_CLOSE_FRAME, ""
 
 
-def _dumps(frame: Mapping[str, Any]) -> str:
-    return orjson.dumps(frame).decode()
+def _text(frame: frames.ClientFrame) -> str:
+    return frames.encode(frame).decode()
 
 
 def _mark_retrieved(future: asyncio.Future[Any]) -> None:
@@ -592,11 +591,11 @@ class ChatClient:
             return self._token
         return await self._token()
 
-    async def _open(self) -> tuple[ClientConnection, dict[str, Any]]:
+    async def _open(self) -> tuple[ClientConnection, frames.Ready]:
         self.stats.connect_attempts += 1
         ws: ClientConnection | None = None
         sock: socket.socket | None = None
-        ready: dict[str, Any] | None = None
+        ready: frames.Ready | None = None
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 token = await self._token_value()
@@ -616,10 +615,13 @@ class ChatClient:
                     max_size=self.options.max_receive_bytes,
                     **given,
                 )
-                await ws.send(_dumps({"type": "auth", "token": token, "device_id": self.device_id}))
+                await ws.send(_text(frames.Auth(token=token, device_id=self.device_id)))
                 raw = await ws.recv()
-            frame = orjson.loads(raw)
-            if not isinstance(frame, dict) or frame.get("type") != "ready":
+            try:
+                frame = frames.decode_server_frame(raw)
+            except ValueError:
+                frame = None
+            if not isinstance(frame, frames.Ready):
                 raise _ConnectFailed(f"expected ready, got {str(raw)[:200]}")
             ready = frame
             return ws, ready
@@ -629,7 +631,7 @@ class ChatClient:
                 self.history.connection_event("closed", close_code=code, detail=reason)
                 raise AuthRejected(code, reason) from None
             raise _ConnectFailed(f"closed during auth: {code} {reason}", code) from None
-        except (OSError, InvalidHandshake, TimeoutError, orjson.JSONDecodeError) as exc:
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise _ConnectFailed(repr(exc)) from None
         finally:
             if ready is None and ws is not None:
@@ -658,14 +660,12 @@ class ChatClient:
             raise
         return sock
 
-    async def _serve(self, ws: ClientConnection, ready: dict[str, Any]) -> None:
+    async def _serve(self, ws: ClientConnection, ready: frames.Ready) -> None:
         """Run one ready connection until it ends; raises AuthRejected on 4001/4003."""
-        self.user_id = str(ready.get("user_id") or "") or self.user_id
+        self.user_id = ready.user_id or self.user_id
         self.history.user_id = self.user_id
-        self.connection_id = str(ready.get("connection_id") or "") or None
-        limits = ready.get("limits")
-        if isinstance(limits, dict):
-            self.limits = {k: v for k, v in limits.items() if isinstance(v, int)}
+        self.connection_id = ready.connection_id or None
+        self.limits = msgspec.structs.asdict(ready.limits)
         self.stats.connects += 1
         if self.stats.connects > 1:
             self.stats.reconnects += 1
@@ -751,41 +751,37 @@ class ChatClient:
                 self.stats.bad_frames += 1
                 continue
             try:
-                frame = orjson.loads(raw)
-                if not isinstance(frame, dict):
-                    raise TypeError("not an object")
-                await self._handle(frame)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                frame = frames.decode_server_frame(raw)
+            except ValueError as exc:  # msgspec's DecodeError and ValidationError
                 self.stats.bad_frames += 1
-                logger.warning("bad frame from server (%r): %.200s", exc, raw)
+                logger.warning("bad frame from server (%s): %.200s", exc, raw)
+                continue
+            await self._handle(frame)
 
-    async def _handle(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("type")
-        if kind == "message":
-            await self._on_message(frame)
-        elif kind == "send_ack":
-            self._on_send_ack(frame)
-        elif kind == "sync_complete":
-            await self._on_sync_complete(str(frame["chat_id"]), int(frame["head"]))
-        elif kind == "acked":
-            chat = self._chat(str(frame["chat_id"]))
-            confirmed = int(frame["last_acked_sequence"])
-            chat.ack_confirmed = max(chat.ack_confirmed, confirmed)
-            self.history.acked_received(chat.chat_id, confirmed)
-        elif kind == "error":
-            self._on_error(frame)
-        elif kind == "resync":
-            self.stats.resyncs += 1
-            self._sync_all = True
-            self._schedule(0.0)
-        elif kind in ("pong", "ready"):
-            pass
-        else:
-            self.stats.bad_frames += 1
+    async def _handle(self, frame: frames.ServerFrame) -> None:
+        match frame:
+            case frames.MessageFrame():
+                await self._on_message(frame)
+            case frames.SendAck():
+                self._on_send_ack(frame)
+            case frames.SyncComplete(chat_id=chat_id, head=head):
+                await self._on_sync_complete(chat_id, head)
+            case frames.Acked(chat_id=chat_id, last_acked_sequence=confirmed):
+                chat = self._chat(chat_id)
+                chat.ack_confirmed = max(chat.ack_confirmed, confirmed)
+                self.history.acked_received(chat.chat_id, confirmed)
+            case frames.Error():
+                self._on_error(frame)
+            case frames.Resync():
+                self.stats.resyncs += 1
+                self._sync_all = True
+                self._schedule(0.0)
+            case frames.Pong() | frames.Ready():
+                pass
 
-    async def _on_message(self, frame: dict[str, Any]) -> None:
-        message = message_from_json(frame)
-        replay = frame.get("replay") is True
+    async def _on_message(self, frame: frames.MessageFrame) -> None:
+        message = frame.to_message()
+        replay = frame.replay
         if replay:
             self._touch_discovery()
         chat = self._chat(message.chat_id)
@@ -821,16 +817,16 @@ class ChatClient:
                 if not waiter.done():
                     waiter.set_result(head)
 
-    def _on_send_ack(self, frame: dict[str, Any]) -> None:
-        pending = self._pending.pop(str(frame["client_message_id"]), None)
+    def _on_send_ack(self, frame: frames.SendAck) -> None:
+        pending = self._pending.pop(frame.client_message_id, None)
         if pending is None:
             return  # the answer to a resend of a send already answered
         result = SendResult(
             chat_id=pending.chat_id,
             client_message_id=pending.client_message_id,
-            sequence=int(frame["sequence"]),
-            duplicate=bool(frame.get("duplicate", False)),
-            created_at_ms=int(frame.get("created_at_ms", 0)),
+            sequence=frame.sequence,
+            duplicate=frame.duplicate,
+            created_at_ms=frame.created_at_ms,
             attempts=pending.record.attempts,
         )
         record = pending.record
@@ -843,17 +839,16 @@ class ChatClient:
         if not pending.future.done():
             pending.future.set_result(result)
 
-    def _on_error(self, frame: dict[str, Any]) -> None:
-        code = str(frame.get("code", "unknown"))
-        text = str(frame.get("message", ""))
-        retriable = bool(frame.get("retriable", False)) or code in RETRIABLE_ERRORS
+    def _on_error(self, frame: frames.Error) -> None:
+        code = frame.code.value
+        text = frame.message
+        retriable = frame.retriable or frame.code.retriable
         self.history.errors[code] += 1
-        ref = frame.get("ref")
-        ref = ref if isinstance(ref, dict) else {}
-        cmid = ref.get("client_message_id")
-        pending = self._pending.get(cmid) if isinstance(cmid, str) else None
-        advised = frame.get("retry_after_ms")
-        advised_s = advised / 1000 if isinstance(advised, int) and 0 < advised <= 3_600_000 else 0
+        ref = frame.ref or frames.ErrorRef()
+        cmid = ref.client_message_id
+        pending = self._pending.get(cmid) if cmid is not None else None
+        advised = frame.retry_after_ms
+        advised_s = advised / 1000 if advised is not None and 0 < advised <= 3_600_000 else 0
         if pending is not None:
             pending.record.errors.append(code)
             if retriable:
@@ -864,8 +859,8 @@ class ChatClient:
             else:
                 self._finish_send(pending, SendRejected(code, text), outcome="rejected")
             return
-        chat_id = ref.get("chat_id")
-        if code in ("not_a_member", "not_found") and isinstance(chat_id, str):
+        chat_id = ref.chat_id
+        if frame.code in (ErrorCode.NOT_A_MEMBER, ErrorCode.NOT_FOUND) and chat_id is not None:
             chat = self._chats.get(chat_id)
             failure = SyncRejected(chat_id, code, text)
             waiters = self._orphan_waiters.pop(chat_id, [])
@@ -880,27 +875,28 @@ class ChatClient:
                 if not waiter.done():
                     waiter.set_exception(failure)
             return
-        if ref.get("sync") is True and retriable:
+        if ref.sync and retriable:
             delay = max(advised_s, self.options.backoff(self._sync_error_streak, self._rng))
             self._sync_error_streak += 1
             self._retry_sync(ref, time.monotonic() + delay)
             return
         logger.info("error frame from server: %s %s (ref %s)", code, text, ref)
 
-    def _retry_sync(self, ref: dict[str, Any], due: float) -> None:
+    def _retry_sync(self, ref: frames.ErrorRef, due: float) -> None:
         """A sync answered with a retriable error (``ref.sync``) instead of ``sync_complete``:
         its marker is released (answers come in request order, so it is the chat's oldest) and
         the sync is asked again at ``due``, keeping its waiters."""
-        if "chat_id" in ref:
-            chat_ids = [ref["chat_id"]]
-        elif "chat_ids" in ref:
-            chat_ids = ref["chat_ids"] if isinstance(ref["chat_ids"], list) else []
+        chat_ids: tuple[str, ...]
+        if ref.chat_id is not None:
+            chat_ids = (ref.chat_id,)
+        elif ref.chat_ids is not None:
+            chat_ids = ref.chat_ids
         else:  # a position-less sync failed before it named any chat
             self._sync_all_due = due
             self._schedule(due)
             return
         for chat_id in chat_ids:
-            chat = self._chats.get(chat_id) if isinstance(chat_id, str) else None
+            chat = self._chats.get(chat_id)
             if chat is None:
                 continue
             waiters: list[asyncio.Future[int]] = []
@@ -1031,7 +1027,7 @@ class ChatClient:
     async def _keepalive(self, now: float, epoch: int) -> None:
         interval = self.options.keepalive_interval
         if now - self._last_keepalive >= interval:
-            if not await self._write(epoch, {"type": "ping"}):
+            if not await self._write(epoch, frames.Ping()):
                 return
             self._last_keepalive = now
         self._schedule(self._last_keepalive + interval)
@@ -1058,13 +1054,13 @@ class ChatClient:
             self._check_gap(chat)
         self._schedule(0.0)
 
-    async def _write(self, epoch: int, frame: Mapping[str, Any] | str) -> bool:
+    async def _write(self, epoch: int, frame: frames.ClientFrame | str) -> bool:
         """Write one frame on the current connection; False when it is gone or changed."""
         ws = self._ws
         if ws is None or epoch != self._epoch:
             return False
         try:
-            await ws.send(frame if isinstance(frame, str) else _dumps(frame))
+            await ws.send(frame if isinstance(frame, str) else _text(frame))
         except ConnectionClosed:
             return False
         return epoch == self._epoch
@@ -1096,35 +1092,36 @@ class ChatClient:
             self._discovery_until = time.monotonic() + self.options.discovery_idle
             self._schedule(self._discovery_until)
             self.stats.sync_requests += 1
-            return await self._write(epoch, {"type": "sync_request"})
+            return await self._write(epoch, frames.SyncRequest())
         return True
 
     async def _sync_chats(self, chats: list[_Chat], epoch: int) -> bool:
         """Explicit sync_request frames for ``chats``, each frame within max_frame_bytes."""
         max_frame = self.limits.get("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES)
         budget = max_frame - 64
-        entries: list[str] = []
+        entries: list[frames.SyncPosition] = []
         size = 0
         for chat in chats:
             marker = _SyncMarker(time.monotonic(), self._orphan_waiters.pop(chat.chat_id, []))
             chat.markers.append(marker)
             chat.gap_due = None
-            entry = _dumps({"chat_id": chat.chat_id, "last_acked_sequence": chat.buffer.delivered})
-            if entries and size + len(entry) + 1 > budget:
+            entry = frames.SyncPosition(
+                chat_id=chat.chat_id, last_acked_sequence=chat.buffer.delivered
+            )
+            entry_size = len(frames.encode(entry))
+            if entries and (size + entry_size + 1 > budget or len(entries) >= MAX_SYNC_CHATS):
                 if not await self._write_sync(entries, epoch):
                     return False
                 entries, size = [], 0
             entries.append(entry)
-            size += len(entry) + 1
+            size += entry_size + 1
         if entries:
             return await self._write_sync(entries, epoch)
         return True
 
-    async def _write_sync(self, entries: list[str], epoch: int) -> bool:
+    async def _write_sync(self, entries: list[frames.SyncPosition], epoch: int) -> bool:
         self.stats.sync_requests += 1
-        return await self._write(
-            epoch, '{"type":"sync_request","chats":[' + ",".join(entries) + "]}"
-        )
+        return await self._write(epoch, frames.SyncRequest(chats=tuple(entries)))
 
     async def _gap_syncs(self, now: float, epoch: int) -> bool:
         """Sync the chats whose gap outlived ``gap_delay``, and those ``sync()`` asked for."""
@@ -1186,13 +1183,8 @@ class ChatClient:
 
     @staticmethod
     def _send_frame(chat_id: str, client_message_id: str, text: str) -> str:
-        return _dumps(
-            {
-                "type": "send_message",
-                "chat_id": chat_id,
-                "client_message_id": client_message_id,
-                "text": text,
-            }
+        return _text(
+            frames.SendMessage(chat_id=chat_id, client_message_id=client_message_id, text=text)
         )
 
     async def _flush_acks(self, now: float, epoch: int) -> None:
@@ -1206,7 +1198,7 @@ class ChatClient:
             if chat.consumed > chat.ack_sent and not chat.removed:
                 chat.ack_sent = chat.consumed
                 self.history.ack_sent(chat.chat_id, chat.consumed)
-                ack = {"type": "ack", "chat_id": chat.chat_id, "sequence": chat.consumed}
+                ack = frames.Ack(chat_id=chat.chat_id, sequence=chat.consumed)
                 if not await self._write(epoch, ack):
                     return
 

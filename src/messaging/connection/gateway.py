@@ -24,11 +24,10 @@ from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from messaging.connection.config import GatewayConfig
-from messaging.connection.outbound import OutboundQueue, encode_frame
+from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
 from messaging.connection.session import Connection, State
 from messaging.domain.errors import DeviceMismatch, LimitExceeded, MessagingError, Unauthenticated
@@ -182,19 +181,19 @@ class Gateway:
         # `ready` is the first frame queued, before the connection can receive live pushes
         # (registering it and announcing its route lets fanout find it): no chat data before
         # `ready`. A message fanned out in between is not lost: the client syncs after `ready`.
-        connection.push_json(
+        connection.push_frame(
             frames.ready(
                 user_id=principal.user_id,
                 device_id=principal.device_id,
                 connection_id=connection.connection_id,
                 server_time_ms=int(self._clock() * 1000),
-                limits={
-                    "max_frame_bytes": self._config.max_frame_bytes,
-                    "outbound_queue_messages": self._config.outbound_queue_messages,
-                    "outbound_queue_bytes": self._config.outbound_queue_bytes,
-                    "sync_page_size": self._config.sync_page_size,
-                    "idle_timeout_ms": int(self._config.idle_timeout_seconds * 1000),
-                },
+                limits=frames.Limits(
+                    max_frame_bytes=self._config.max_frame_bytes,
+                    outbound_queue_messages=self._config.outbound_queue_messages,
+                    outbound_queue_bytes=self._config.outbound_queue_bytes,
+                    sync_page_size=self._config.sync_page_size,
+                    idle_timeout_ms=int(self._config.idle_timeout_seconds * 1000),
+                ),
             )
         )
         self._local.add(connection)
@@ -227,8 +226,8 @@ class Gateway:
         if message["type"] == "websocket.disconnect":
             return None
         try:
-            frame = frames.parse_client_frame(orjson.loads(message.get("text") or b""))
-        except (orjson.JSONDecodeError, FrameError):
+            frame: frames.ClientFrame | None = frames.decode_client_frame(message.get("text") or "")
+        except FrameError:
             frame = None
         if not isinstance(frame, frames.Auth):
             await self._close(websocket, CloseCode.UNAUTHENTICATED, "the first frame must be auth")
@@ -250,9 +249,15 @@ class Gateway:
 
     # ------------------------------------------------------------------ tasks
 
-    def _reject(self, connection: Connection, code: str, text: str) -> None:
+    def _reject(
+        self,
+        connection: Connection,
+        code: ErrorCode,
+        text: str,
+        ref: frames.ErrorRef | None = None,
+    ) -> None:
         """An error frame for an invalid frame; too many of them close the connection (4000)."""
-        connection.push_json(frames.error(code, text))
+        connection.push_frame(frames.error(code, text, ref=ref))
         now = self._monotonic()
         bad = connection.bad_frames
         if bad is None:
@@ -284,17 +289,14 @@ class Gateway:
                 )
                 continue
             try:
-                frame = frames.parse_client_frame(orjson.loads(text))
-            except orjson.JSONDecodeError:
-                self._reject(connection, ErrorCode.INVALID_FRAME, "a frame is one JSON object")
-                continue
+                frame = frames.decode_client_frame(text)
             except FrameError as exc:
-                self._reject(connection, exc.code, exc.message)
+                self._reject(connection, exc.code, exc.message, exc.ref)
                 continue
             kind = type(frame).__name__
             self._metrics.frames_in.labels(kind).inc()
             if isinstance(frame, frames.Ping):
-                connection.push_json(frames.pong(frame.id, int(self._clock() * 1000)))
+                connection.push_frame(frames.pong(frame.id, int(self._clock() * 1000)))
             elif isinstance(frame, frames.Auth):
                 self._reject(connection, ErrorCode.INVALID_FRAME, "already authenticated")
             elif isinstance(frame, frames.SyncRequest):
@@ -320,11 +322,10 @@ class Gateway:
                         self._config.pending_commands, self._work
                     )
                 if not commands.put(frame):
-                    connection.push_json(
+                    connection.push_frame(
                         frames.error(
                             ErrorCode.RATE_LIMITED,
                             "too many frames in flight; wait for answers",
-                            retriable=True,
                             ref=_ref(frame),
                         )
                     )
@@ -343,13 +344,11 @@ class Gateway:
                     else self._reader.ack
                 )
                 stored = await ack(connection.user_id, command.chat_id, command.sequence)
-                connection.push_json(frames.acked(command.chat_id, stored))
+                connection.push_frame(frames.acked(command.chat_id, stored))
         except MessagingError as exc:
             if isinstance(exc, LimitExceeded):
                 self._metrics.limit_rejections.labels(exc.limit).inc()
-            connection.push_json(
-                frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_ref(command))
-            )
+            connection.push_frame(_domain_error(exc, _ref(command)))
 
     async def _send(self, connection: Connection, command: frames.SendMessage) -> None:
         started = self._monotonic()
@@ -366,14 +365,14 @@ class Gateway:
             raise
         self._metrics.send_latency.observe(self._monotonic() - started)
         self._metrics.sends.labels("duplicate" if result.duplicate else "stored").inc()
-        connection.push_json(frames.send_ack(result.message, duplicate=result.duplicate))
+        connection.push_frame(frames.send_ack(result.message, duplicate=result.duplicate))
         connection.saw(result.message.chat_id, result.message.sequence)
 
     async def _sync(self, connection: Connection, item: SyncItem) -> None:
         """One sync request, in its turn on the connection's sync lane."""
         request, wait = item
         if wait > 0:
-            self._rate_limited(connection, "syncs", "sync requests", _sync_ref(request), wait)
+            self._rate_limited(connection, "syncs", "sync requests", frames.sync_ref(request), wait)
             return
         self._metrics.sync_requests.inc()
         try:
@@ -383,9 +382,7 @@ class Gateway:
             else:
                 positions = [(p.chat_id, p.last_acked_sequence) for p in request.chats]
         except MessagingError as exc:
-            connection.push_json(
-                frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_sync_ref(request))
-            )
+            connection.push_frame(_domain_error(exc, frames.sync_ref(request)))
             return
         page_size = self._config.sync_page_size
         for chat_id, after in positions:
@@ -404,50 +401,38 @@ class Gateway:
                 await self._paced(connection, frames.sync_complete(chat_id, page.visible_head))
                 connection.saw(chat_id, page.visible_head)
             except MessagingError as exc:
-                connection.push_json(
-                    frames.error(
-                        exc.code,
-                        exc.message,
-                        retriable=exc.retriable,
-                        ref={"sync": True, "chat_id": chat_id},
-                    )
-                )
+                connection.push_frame(_domain_error(exc, frames.sync_chat_ref(chat_id)))
 
     def _rate_limited(
-        self, connection: Connection, limit: str, what: str, ref: dict[str, object], wait: float
+        self, connection: Connection, limit: str, what: str, ref: frames.ErrorRef, wait: float
     ) -> None:
         """Answer a frame refused by the ``limit`` token bucket, and count it (ADR 0010)."""
         self._metrics.limit_rejections.labels(limit).inc()
-        connection.push_json(
+        connection.push_frame(
             frames.error(
                 ErrorCode.RATE_LIMITED,
                 f"too many {what}; retry later",
-                retriable=True,
                 ref=ref,
                 retry_after_ms=_ms(wait),
             )
         )
 
-    async def _paced(self, connection: Connection, frame: dict[str, object]) -> None:
+    async def _paced(self, connection: Connection, frame: frames.ServerFrame) -> None:
         if connection.state is not State.LIVE:
             return  # closing: the handler is about to cancel this task
-        await connection.put_paced(encode_frame(frame))
-        self._metrics.frames_out.labels(str(frame["type"])).inc()
+        await connection.put_paced(frames.encode(frame))
+        self._metrics.frames_out.labels(frames.kind(frame)).inc()
 
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000 + 0.999))
 
 
-def _sync_ref(request: frames.SyncRequest) -> dict[str, object]:
-    """Marks an error as the answer to a sync request (the client retries that sync)."""
-    ref: dict[str, object] = {"sync": True}
-    if request.chats is not None:
-        ref["chat_ids"] = [p.chat_id for p in request.chats]
-    return ref
+def _domain_error(exc: MessagingError, ref: frames.ErrorRef) -> frames.Error:
+    return frames.error(ErrorCode.of(exc.code), exc.message, ref=ref)
 
 
-def _ref(command: Command) -> dict[str, object]:
+def _ref(command: Command) -> frames.ErrorRef:
     if isinstance(command, frames.SendMessage):
-        return {"chat_id": command.chat_id, "client_message_id": command.client_message_id}
-    return {"chat_id": command.chat_id}
+        return frames.send_ref(command.chat_id, command.client_message_id)
+    return frames.chat_ref(command.chat_id)

@@ -21,8 +21,9 @@ from typing import Any, Generic, TypeVar
 
 from starlette.websockets import WebSocketDisconnect
 
-from messaging.connection.outbound import OutboundQueue, encode_frame
+from messaging.connection.outbound import OutboundQueue
 from messaging.metrics import Metrics
+from messaging.protocol import frames
 from messaging.protocol.frames import CloseCode
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,9 @@ class Connection:
         self._start_writer()
         return True
 
-    def push_json(self, frame: dict[str, object]) -> bool:
-        return self.push(encode_frame(frame), str(frame.get("type", "?")))
+    def push_frame(self, frame: frames.ServerFrame) -> bool:
+        """Queue a frame built here (an answer, ``ready``, ``resync``) as :meth:`push` does."""
+        return self.push(frames.encode(frame), frames.kind(frame))
 
     async def put_paced(self, frame: bytes) -> None:
         """Queue a replayed frame once the queue has drained below half (ADR 0008)."""
