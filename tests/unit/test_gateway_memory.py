@@ -324,7 +324,9 @@ class Nothing:
         raise AssertionError("no send")
 
 
-def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
+def gateway_app(
+    fakes: Nothing, local: LocalConnections, config: GatewayConfig | None = None
+) -> Starlette:
     """A Starlette app with only the gateway, every port of which ``fakes`` plays."""
     gateway = Gateway(
         tokens=Tokens(),
@@ -333,7 +335,7 @@ def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
         reader=cast(ConversationReader, fakes),
         routes=fakes,
         local=local,
-        config=GatewayConfig(),
+        config=config or GatewayConfig(),
         metrics=Metrics(),
     )
     return Starlette(routes=[WebSocketRoute("/ws", gateway.handle)])
@@ -341,9 +343,15 @@ def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
 
 @contextlib.asynccontextmanager
 async def serving(
-    app: Any, protocol: type[asyncio.Protocol] = LeanWebSocketProtocol
+    app: Any,
+    protocol: type[asyncio.Protocol] = LeanWebSocketProtocol,
+    *,
+    send_buffer: int | None = None,
 ) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """``send_buffer``: SO_SNDBUF of the accepted sockets (Linux: they inherit it)."""
     sock = socket.socket()
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
