@@ -619,7 +619,7 @@ class ChatClient:
                 raw = await ws.recv()
             try:
                 frame = frames.decode_server_frame(raw)
-            except ValueError:
+            except msgspec.DecodeError:
                 frame = None
             if not isinstance(frame, frames.Ready):
                 raise _ConnectFailed(f"expected ready, got {str(raw)[:200]}")
@@ -752,7 +752,7 @@ class ChatClient:
                 continue
             try:
                 frame = frames.decode_server_frame(raw)
-            except ValueError as exc:  # msgspec's DecodeError and ValidationError
+            except msgspec.DecodeError as exc:  # not JSON, or not a frame of protocol v1
                 self.stats.bad_frames += 1
                 logger.warning("bad frame from server (%s): %.200s", exc, raw)
                 continue

@@ -317,8 +317,8 @@ def parse_client_frame(data: object) -> ClientFrame:
 
 
 def decode_server_frame(data: bytes | str) -> ServerFrame:
-    """A text frame from the server -> a typed server frame; ``msgspec.ValidationError`` or
-    ``msgspec.DecodeError`` (both ``ValueError``) when it is not one."""
+    """A text frame from the server -> a typed server frame; ``msgspec.DecodeError`` (or its
+    subclass ``msgspec.ValidationError``) when it is not one."""
     frame: ServerFrame = _server_decoder.decode(data)
     return frame
 

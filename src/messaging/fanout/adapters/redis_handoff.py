@@ -12,12 +12,11 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from messaging.protocol.delivery import Delivery, LocalDelivery
-from messaging.protocol.wire import message_from_json, message_json
+from messaging.protocol.handoff import HandoffError, decode_handoff, encode_handoff
 
 log = logging.getLogger(__name__)
 
@@ -26,25 +25,13 @@ def channel(instance_id: str) -> str:
     return f"deliver:{instance_id}"
 
 
-def encode(deliveries: Sequence[Delivery]) -> bytes:
-    return orjson.dumps(
-        [{"m": message_json(d.message), "r": list(d.recipients)} for d in deliveries]
-    )
-
-
-def decode(payload: bytes) -> list[Delivery]:
-    return [
-        Delivery(message_from_json(item["m"]), tuple(item["r"])) for item in orjson.loads(payload)
-    ]
-
-
 class RedisHandoff:
     def __init__(self, redis: Redis, instance_id: str) -> None:
         self._redis = redis
         self._instance = instance_id
 
     async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
-        await self._redis.publish(channel(instance_id), encode(deliveries))
+        await self._redis.publish(channel(instance_id), encode_handoff(deliveries))
 
     async def run_subscriber(self, local: LocalDelivery) -> None:
         """Deliver what other processes hand to this one, until cancelled. After a lost
@@ -61,8 +48,8 @@ class RedisHandoff:
                     if item.get("type") != "message":
                         continue
                     try:
-                        local.deliver(decode(item["data"]))
-                    except (ValueError, KeyError, TypeError):
+                        local.deliver(decode_handoff(item["data"]))
+                    except HandoffError:
                         log.error("dropping an undecodable hand-off payload")
             except (RedisError, OSError):
                 log.warning("hand-off subscription lost; resubscribing")
