@@ -287,12 +287,17 @@ _client_decoder = msgspec.json.Decoder(ClientFrame)
 _server_decoder = msgspec.json.Decoder(ServerFrame)
 
 
+_buffer = bytearray(4096)
+
+
 def encode(frame: msgspec.Struct) -> bytes:
     """A frame's JSON as UTF-8 bytes in an allocation of its own size, fit to be queued as is.
-    The encoder's result sits in a buffer half as large again as the JSON (measured with
-    tracemalloc), and a connection may hold a thousand queued frames: the copy costs a fraction
-    of a microsecond."""
-    return bytes(memoryview(_encoder.encode(frame)))
+    ``Encoder.encode`` returns the JSON in a buffer half as large again (measured with
+    tracemalloc), and a connection may hold a thousand queued frames: the frame is encoded into
+    one reused buffer (which ``encode_into`` trims to the JSON) and copied out, as fast as
+    ``encode`` alone. Synchronous, so no other frame can use the buffer meanwhile."""
+    _encoder.encode_into(frame, _buffer)
+    return bytes(_buffer)
 
 
 def decode_client_frame(data: bytes | str) -> ClientFrame:
