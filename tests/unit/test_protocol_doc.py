@@ -123,3 +123,15 @@ def test_every_json_example_is_a_valid_frame(example: str) -> None:
     else:
         frame = frames.decode_server_frame(example)
     assert frames.kind(frame) == kind  # type: ignore[arg-type]
+
+
+def test_the_demo_page_retries_the_codes_the_protocol_says_are_retriable() -> None:
+    """The demo page's client (``src/messaging/web/static/client.js``) cannot import the
+    definition: its list of retriable codes is checked against ``ErrorCode.retriable``."""
+    script = (
+        Path(__file__).resolve().parents[2] / "src/messaging/web/static/client.js"
+    ).read_text()
+    [listed] = re.findall(r"const RETRIABLE = new Set\(\[(.*?)\]\)", script)
+    assert set(re.findall(r'"([a-z_]+)"', listed)) == {
+        code.value for code in frames.ErrorCode if code.retriable
+    }
