@@ -4,8 +4,10 @@ A connection is served by its handler (the ASGI task) and a reader task (parses 
 pings, hands commands on). Everything else runs only while it has work, as tasks owned by the
 connection (``session.py``): the writer (drains the outbound queue to the socket), the command
 lane (sends and acks, answered in the order received) and the sync lane (paced catch-up replay,
-requests answered in order). Idle timeouts are enforced by one sweep for the whole process
-(:meth:`Gateway.sweep_idle`, a background loop of the composition root), not a task per socket.
+``replay.py``, requests answered in order); the connection owns its lanes and the gateway gives
+it, once for all connections, what they do (:class:`~messaging.connection.session.Lanes`).
+Idle timeouts are enforced by one sweep for the whole process (:meth:`Gateway.sweep_idle`, a
+background loop of the composition root), not a task per socket.
 Whoever decides to close sets the close code on the connection; the handler then stops the
 connection's tasks, cancels and awaits them, and closes the socket with that code.
 
@@ -26,10 +28,12 @@ from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from messaging.connection.answers import domain_error, rate_limited
 from messaging.connection.config import GatewayConfig
 from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
-from messaging.connection.session import Connection, State
+from messaging.connection.replay import SyncReplay
+from messaging.connection.session import Connection, Lanes, State
 from messaging.domain.errors import DeviceMismatch, LimitExceeded, MessagingError, Unauthenticated
 from messaging.domain.limits import Counter, KeyedBuckets
 from messaging.metrics import Metrics
@@ -42,8 +46,6 @@ from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
 log = logging.getLogger(__name__)
 
 Command = frames.SendMessage | frames.Ack
-SyncItem = tuple[frames.SyncRequest, float]
-"""A sync request and how long its sender must wait (over the sync rate: answered with an error)."""
 
 
 class Gateway:
@@ -76,6 +78,12 @@ class Gateway:
         self._sync_buckets = KeyedBuckets(config.syncs, monotonic)
         self._per_user = Counter(config.connections_per_user)
         self._per_address = Counter(config.connections_per_address)
+        self._lanes = Lanes(
+            pending_commands=config.pending_commands,
+            command=self._work,
+            pending_syncs=config.pending_syncs,
+            sync=SyncReplay(reader=reader, metrics=metrics, page_size=config.sync_page_size).answer,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -177,6 +185,7 @@ class Gateway:
             self._metrics,
             websocket.send_text,
             now=self._monotonic(),
+            lanes=self._lanes,
         )
         # `ready` is the first frame queued, before the connection can receive live pushes
         # (registering it and announcing its route lets fanout find it): no chat data before
@@ -303,25 +312,17 @@ class Gateway:
                 # Over the limit, the sync lane answers it with an error in its turn: sync
                 # answers stay in request order, which is how clients pair them.
                 wait = self._sync_buckets.take(connection.user_id)
-                syncs = connection.syncs
-                if syncs is None:
-                    syncs = connection.syncs = connection.lane(
-                        self._config.pending_syncs, self._sync
-                    )
-                if not syncs.put((frame, wait)):
+                if not connection.put_sync((frame, wait)):
                     connection.close(CloseCode.PROTOCOL_ABUSE, "too many sync requests in flight")
             else:
                 if isinstance(frame, frames.SendMessage):
                     wait = self._send_buckets.take(connection.user_id)
                     if wait > 0:
-                        self._rate_limited(connection, "sends", "messages", _ref(frame), wait)
+                        rate_limited(
+                            connection, self._metrics, "sends", "messages", _ref(frame), wait
+                        )
                         continue
-                commands = connection.commands
-                if commands is None:
-                    commands = connection.commands = connection.lane(
-                        self._config.pending_commands, self._work
-                    )
-                if not commands.put(frame):
+                if not connection.put_command(frame):
                     connection.push_frame(
                         frames.error(
                             ErrorCode.RATE_LIMITED,
@@ -348,7 +349,7 @@ class Gateway:
         except MessagingError as exc:
             if isinstance(exc, LimitExceeded):
                 self._metrics.limit_rejections.labels(exc.limit).inc()
-            connection.push_frame(_domain_error(exc, _ref(command)))
+            connection.push_frame(domain_error(exc, _ref(command)))
 
     async def _send(self, connection: Connection, command: frames.SendMessage) -> None:
         started = self._monotonic()
@@ -367,69 +368,6 @@ class Gateway:
         self._metrics.sends.labels("duplicate" if result.duplicate else "stored").inc()
         connection.push_frame(frames.send_ack(result.message, duplicate=result.duplicate))
         connection.saw(result.message.chat_id, result.message.sequence)
-
-    async def _sync(self, connection: Connection, item: SyncItem) -> None:
-        """One sync request, in its turn on the connection's sync lane."""
-        request, wait = item
-        if wait > 0:
-            self._rate_limited(connection, "syncs", "sync requests", frames.sync_ref(request), wait)
-            return
-        self._metrics.sync_requests.inc()
-        try:
-            if request.chats is None:
-                summaries = await self._reader.list_chats(connection.user_id)
-                positions = [(s.chat.chat_id, s.last_acked_sequence) for s in summaries]
-            else:
-                positions = [(p.chat_id, p.last_acked_sequence) for p in request.chats]
-        except MessagingError as exc:
-            connection.push_frame(_domain_error(exc, frames.sync_ref(request)))
-            return
-        page_size = self._config.sync_page_size
-        for chat_id, after in positions:
-            try:
-                while True:
-                    page = await self._reader.messages_after(
-                        connection.user_id, chat_id, after, page_size
-                    )
-                    for message in page.messages:
-                        await self._paced(connection, frames.message(message, replay=True))
-                    self._metrics.sync_replays.inc(len(page.messages))
-                    if page.messages:
-                        after = page.messages[-1].sequence
-                    if not page.has_more:
-                        break
-                await self._paced(connection, frames.sync_complete(chat_id, page.visible_head))
-                connection.saw(chat_id, page.visible_head)
-            except MessagingError as exc:
-                connection.push_frame(_domain_error(exc, frames.sync_chat_ref(chat_id)))
-
-    def _rate_limited(
-        self, connection: Connection, limit: str, what: str, ref: frames.ErrorRef, wait: float
-    ) -> None:
-        """Answer a frame refused by the ``limit`` token bucket, and count it (ADR 0010)."""
-        self._metrics.limit_rejections.labels(limit).inc()
-        connection.push_frame(
-            frames.error(
-                ErrorCode.RATE_LIMITED,
-                f"too many {what}; retry later",
-                ref=ref,
-                retry_after_ms=_ms(wait),
-            )
-        )
-
-    async def _paced(self, connection: Connection, frame: frames.ServerFrame) -> None:
-        if connection.state is not State.LIVE:
-            return  # closing: the handler is about to cancel this task
-        await connection.put_paced(frames.encode(frame))
-        self._metrics.frames_out.labels(frames.kind(frame)).inc()
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000 + 0.999))
-
-
-def _domain_error(exc: MessagingError, ref: frames.ErrorRef) -> frames.Error:
-    return frames.error(ErrorCode.of(exc.code), exc.message, ref=ref)
 
 
 def _ref(command: Command) -> frames.ErrorRef:
