@@ -219,3 +219,21 @@ def test_the_handoff_envelope_is_versioned_and_reads_the_version_before() -> Non
     for bad in (b"{", b'{"v": 2, "deliveries": []}', b'[{"m": {}, "r": []}]', b"7"):
         with pytest.raises(HandoffError):
             decode_handoff(bad)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"type":"zz","x":"\\ud800"}',
+        '{"type":"ack","sequence":-1,"chat_id":"\\ud800"}',
+        '{"type":"ping","id":5,',
+        '{"type":5,',
+    ],
+)
+def test_text_that_fails_validation_before_it_fails_as_json_is_not_a_frame(raw: str) -> None:
+    """Found by test_fuzz_ws: the typed decoder may refuse a field before it reaches the text's
+    broken JSON; the answer is ``invalid_frame``, never an exception that ends the reader."""
+    with pytest.raises(FrameError) as refused:
+        frames.decode_client_frame(raw)
+    assert refused.value.code is ErrorCode.INVALID_FRAME
+    assert refused.value.ref is None

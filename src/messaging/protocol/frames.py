@@ -300,14 +300,24 @@ def encode(frame: msgspec.Struct) -> bytes:
     return bytes(_buffer)
 
 
+def _not_json() -> FrameError:
+    return FrameError(ErrorCode.INVALID_FRAME, "a frame is one JSON object")
+
+
 def decode_client_frame(data: bytes | str) -> ClientFrame:
     """A text frame -> a typed client frame, or :class:`FrameError`."""
     try:
         frame: ClientFrame = _client_decoder.decode(data)
     except msgspec.ValidationError as exc:
-        return _lenient(msgspec.json.decode(data), exc)
+        # Validation can fail before the decoder has read the whole text (an unknown ``type``
+        # first, invalid JSON later): the text may not be JSON at all.
+        try:
+            value = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            raise _not_json() from None
+        return _lenient(value, exc)
     except msgspec.DecodeError:
-        raise FrameError(ErrorCode.INVALID_FRAME, "a frame is one JSON object") from None
+        raise _not_json() from None
     return frame
 
 
