@@ -767,9 +767,7 @@ class ChatClient:
             case frames.SyncComplete(chat_id=chat_id, head=head):
                 await self._on_sync_complete(chat_id, head)
             case frames.Acked(chat_id=chat_id, last_acked_sequence=confirmed):
-                chat = self._chat(chat_id)
-                chat.ack_confirmed = max(chat.ack_confirmed, confirmed)
-                self.history.acked_received(chat.chat_id, confirmed)
+                self._on_acked(chat_id, confirmed)
             case frames.Error():
                 self._on_error(frame)
             case frames.Resync():
@@ -840,47 +838,61 @@ class ChatClient:
             pending.future.set_result(result)
 
     def _on_error(self, frame: frames.Error) -> None:
-        code = frame.code.value
-        text = frame.message
+        """An ``error`` frame, to what its ``ref`` names: a pending send, a chat the user is
+        not (or no longer) in, or a sync to ask again."""
+        self.history.errors[frame.code.value] += 1
         retriable = frame.retriable or frame.code.retriable
-        self.history.errors[code] += 1
         ref = frame.ref or frames.ErrorRef()
         cmid = ref.client_message_id
         pending = self._pending.get(cmid) if cmid is not None else None
         advised = frame.retry_after_ms
         advised_s = advised / 1000 if advised is not None and 0 < advised <= 3_600_000 else 0
         if pending is not None:
-            pending.record.errors.append(code)
-            if retriable:
-                delay = max(advised_s, self.options.backoff(pending.retries, self._rng))
-                pending.due = time.monotonic() + delay
-                pending.retries += 1
-                self._schedule(pending.due)
-            else:
-                self._finish_send(pending, SendRejected(code, text), outcome="rejected")
-            return
-        chat_id = ref.chat_id
-        if frame.code in (ErrorCode.NOT_A_MEMBER, ErrorCode.NOT_FOUND) and chat_id is not None:
-            chat = self._chats.get(chat_id)
-            failure = SyncRejected(chat_id, code, text)
-            waiters = self._orphan_waiters.pop(chat_id, [])
-            if chat is not None:
-                chat.removed = True
-                chat.gap_due = None
-                chat.awaiting_discovery = False
-                for marker in chat.markers:
-                    waiters.extend(marker.waiters)
-                chat.markers.clear()
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(failure)
-            return
-        if ref.sync and retriable:
+            self._on_send_error(pending, frame, retriable=retriable, advised_s=advised_s)
+        elif (
+            frame.code in (ErrorCode.NOT_A_MEMBER, ErrorCode.NOT_FOUND) and ref.chat_id is not None
+        ):
+            self._on_chat_refused(ref.chat_id, frame)
+        elif ref.sync and retriable:
             delay = max(advised_s, self.options.backoff(self._sync_error_streak, self._rng))
             self._sync_error_streak += 1
             self._retry_sync(ref, time.monotonic() + delay)
-            return
-        logger.info("error frame from server: %s %s (ref %s)", code, text, ref)
+        else:
+            logger.info(
+                "error frame from server: %s %s (ref %s)", frame.code.value, frame.message, ref
+            )
+
+    def _on_send_error(
+        self, pending: _PendingSend, frame: frames.Error, *, retriable: bool, advised_s: float
+    ) -> None:
+        """A pending send answered with an error: retried after a backoff (at least the
+        advised delay), or failed with :class:`SendRejected`."""
+        code = frame.code.value
+        pending.record.errors.append(code)
+        if retriable:
+            delay = max(advised_s, self.options.backoff(pending.retries, self._rng))
+            pending.due = time.monotonic() + delay
+            pending.retries += 1
+            self._schedule(pending.due)
+        else:
+            self._finish_send(pending, SendRejected(code, frame.message), outcome="rejected")
+
+    def _on_chat_refused(self, chat_id: str, frame: frames.Error) -> None:
+        """``not_a_member`` or ``not_found`` for a chat: it is removed, its syncs fail with
+        :class:`SyncRejected`."""
+        chat = self._chats.get(chat_id)
+        failure = SyncRejected(chat_id, frame.code.value, frame.message)
+        waiters = self._orphan_waiters.pop(chat_id, [])
+        if chat is not None:
+            chat.removed = True
+            chat.gap_due = None
+            chat.awaiting_discovery = False
+            for marker in chat.markers:
+                waiters.extend(marker.waiters)
+            chat.markers.clear()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(failure)
 
     def _retry_sync(self, ref: frames.ErrorRef, due: float) -> None:
         """A sync answered with a retriable error (``ref.sync``) instead of ``sync_complete``:
@@ -1186,6 +1198,11 @@ class ChatClient:
         return _text(
             frames.SendMessage(chat_id=chat_id, client_message_id=client_message_id, text=text)
         )
+
+    def _on_acked(self, chat_id: str, confirmed: int) -> None:
+        chat = self._chat(chat_id)
+        chat.ack_confirmed = max(chat.ack_confirmed, confirmed)
+        self.history.acked_received(chat.chat_id, confirmed)
 
     async def _flush_acks(self, now: float, epoch: int) -> None:
         if self._ack_due is None:
