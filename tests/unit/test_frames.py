@@ -4,8 +4,14 @@ client needs to match them, and the hand-off envelope is versioned."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from messaging.client import connection as client_connection
 from messaging.domain.model import Message
@@ -237,3 +243,56 @@ def test_text_that_fails_validation_before_it_fails_as_json_is_not_a_frame(raw: 
         frames.decode_client_frame(raw)
     assert refused.value.code is ErrorCode.INVALID_FRAME
     assert refused.value.ref is None
+
+
+_frame_dicts = st.fixed_dictionaries(
+    {"type": st.sampled_from(["auth", "send_message", "ack", "sync_request", "ping", "zz", 5])},
+    optional={
+        "chat_id": st.one_of(st.text(max_size=5), st.integers(), st.none()),
+        "client_message_id": st.one_of(st.text(max_size=5), st.integers()),
+        "text": st.one_of(st.text(max_size=5), st.integers()),
+        "sequence": st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans()),
+        "id": st.one_of(st.text(max_size=70), st.integers()),
+        "chats": st.one_of(
+            st.none(), st.lists(st.dictionaries(st.text(max_size=3), st.integers()))
+        ),
+    },
+)
+
+
+@st.composite
+def near_json_texts(draw: st.DrawFn) -> str:
+    """The JSON of a near-valid frame, maybe cut short or with a lone surrogate escape."""
+    text = json.dumps(draw(_frame_dicts))
+    cut = draw(st.integers(0, len(text)))
+    match draw(st.sampled_from(["keep", "cut", "surrogate"])):
+        case "cut":
+            return text[:cut]
+        case "surrogate":
+            return text[:cut] + '"\\ud800"' + text[cut:]
+        case _:
+            return text
+
+
+def outcome(decode: Callable[[Any], frames.ClientFrame], value: object) -> object:
+    """The frame, or the FrameError's (code, ref)."""
+    try:
+        return decode(value)
+    except FrameError as exc:
+        return (exc.code, exc.ref)
+
+
+@settings(max_examples=500, deadline=None, database=None, derandomize=True)
+@given(raw=near_json_texts())
+def test_any_text_is_a_client_frame_or_a_frame_error(raw: str) -> None:
+    """Whatever the text, the gateway's decoder answers a frame or a FrameError (anything else
+    would end the connection's reader), and agrees with the decoder of parsed values."""
+    got = outcome(frames.decode_client_frame, raw)
+    if isinstance(got, tuple):
+        assert got[0] in (ErrorCode.INVALID_FRAME, ErrorCode.UNKNOWN_TYPE)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        assert got == (ErrorCode.INVALID_FRAME, None)
+        return
+    assert outcome(frames.parse_client_frame, value) == got
