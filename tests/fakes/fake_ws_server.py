@@ -1,8 +1,10 @@
 """A small protocol-v1 server (docs/protocol.md) for testing ``messaging.client``, with faults.
 
-It parses client frames with ``messaging.protocol.frames.parse_client_frame`` and builds server
-frames with the same module's builders, so it stays on the contract. In memory, on 127.0.0.1 and
-port 0 (``url`` once started).
+It speaks protocol v1 through its one typed definition, ``messaging.protocol.frames``: client
+frames are decoded with ``decode_client_frame`` (the gateway's decoder), server frames are that
+module's structs and builders, error codes and their ``retriable`` are ``ErrorCode``'s, refs are
+``ErrorRef``s. What is left here is the fake's in-memory chat store and its fault knobs. In
+memory, on 127.0.0.1 and port 0 (``url`` once started).
 
 - Auth: the token ``good:<user>:<device>`` is valid for ``device``; another device -> close
   4003; anything else -> close 4001. Nothing but ``auth`` is accepted before it.
@@ -35,22 +37,22 @@ from collections import Counter
 from typing import Any, Literal
 
 import attrs
-import orjson
+import msgspec
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from messaging.domain.model import Message
 from messaging.protocol import frames as f
+from messaging.protocol.frames import ErrorCode
 
-READY_LIMITS = {
-    "max_frame_bytes": 16384,
-    "outbound_queue_messages": 1000,
-    "outbound_queue_bytes": 1048576,
-    "sync_page_size": 200,
-    "idle_timeout_ms": 60000,
-}
-RETRIABLE = {"unavailable", "store_unavailable", "rate_limited", "internal_error"}
+READY_LIMITS = f.Limits(
+    max_frame_bytes=16384,
+    outbound_queue_messages=1000,
+    outbound_queue_bytes=1048576,
+    sync_page_size=200,
+    idle_timeout_ms=60000,
+)
 
 
 @attrs.define
@@ -83,7 +85,7 @@ class FakeConnection:
         self.user_id = user_id
         self.device_id = device_id
         self.connection_id = f"c_{next(server._ids)}"
-        self.outbound: asyncio.Queue[str] = asyncio.Queue(server.outbound_limit)
+        self.outbound: asyncio.Queue[bytes] = asyncio.Queue(server.outbound_limit)
         self.closing = False
         self.writer = asyncio.create_task(self._write_loop())
 
@@ -91,25 +93,25 @@ class FakeConnection:
         try:
             while True:
                 frame = await self.outbound.get()
-                await self.ws.send(frame)
+                await self.ws.send(frame, text=True)
         except ConnectionClosed:
             self.closing = True
 
-    def push(self, frame: dict[str, Any]) -> None:
+    def push(self, frame: f.ServerFrame) -> None:
         """A live push: never waits; a full queue is a slow consumer (4009)."""
         if self.closing:
             return
         try:
-            self.outbound.put_nowait(orjson.dumps(frame).decode())
+            self.outbound.put_nowait(f.encode(frame))
         except asyncio.QueueFull:
             self.server.slow_consumer_closes += 1
             self.server._spawn(self.close(f.CloseCode.SLOW_CONSUMER, "slow consumer"))
 
-    async def reply(self, frame: dict[str, Any]) -> None:
+    async def reply(self, frame: f.ServerFrame) -> None:
         """A reply or a replayed message: waits for room in the queue (or the connection's end)."""
         if self.closing or self.writer.done():
             return
-        data = orjson.dumps(frame).decode()
+        data = f.encode(frame)
         try:
             self.outbound.put_nowait(data)
             return
@@ -160,14 +162,15 @@ class FakeServer:
         self.connection_attempts = 0
         self.auth_rejections: Counter[int] = Counter()
         self.frames: list[tuple[str, dict[str, Any]]] = []
-        """(user_id, frame) for every frame received after auth."""
+        """(user_id, frame) for every valid frame received after auth, as the client wrote it."""
         self.slow_consumer_closes = 0
         # fault knobs
         self.drop_before_send_ack = 0
         self.hold_pushes = False
-        self.held: list[tuple[FakeConnection, dict[str, Any]]] = []
+        self.held: list[tuple[FakeConnection, f.ServerFrame]] = []
         self.skip_pushes = 0
         self.fail_sends: list[str] = []
+        """Error codes (``ErrorCode`` values) to answer the next sends with."""
         self.fail_syncs: list[str] = []
         self.ignore_sends = False
 
@@ -300,8 +303,8 @@ class FakeServer:
         try:
             async with asyncio.timeout(5):
                 raw = await ws.recv()
-            frame = f.parse_client_frame(orjson.loads(raw))
-        except (TimeoutError, ConnectionClosed, f.FrameError, orjson.JSONDecodeError):
+            frame = f.decode_client_frame(raw)
+        except (TimeoutError, ConnectionClosed, f.FrameError):
             await ws.close(f.CloseCode.AUTH_TIMEOUT)
             return
         if not isinstance(frame, f.Auth):
@@ -341,18 +344,14 @@ class FakeServer:
 
     async def _on_frame(self, conn: FakeConnection, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
-            await conn.reply(f.error("binary_not_supported", "text frames only"))
+            await conn.reply(f.error(ErrorCode.BINARY_NOT_SUPPORTED, "text frames only"))
             return
         try:
-            data = orjson.loads(raw)
-            frame = f.parse_client_frame(data)
-        except orjson.JSONDecodeError:
-            await conn.reply(f.error(f.ErrorCode.INVALID_FRAME, "not JSON"))
-            return
+            frame = f.decode_client_frame(raw)
         except f.FrameError as exc:
-            await conn.reply(f.error(exc.code, exc.message))
+            await conn.reply(f.error(exc.code, exc.message, ref=exc.ref))
             return
-        self.frames.append((conn.user_id, data))
+        self.frames.append((conn.user_id, msgspec.json.decode(raw)))
         if isinstance(frame, f.SendMessage):
             await self._on_send(conn, frame)
         elif isinstance(frame, f.Ack):
@@ -362,29 +361,29 @@ class FakeServer:
         elif isinstance(frame, f.Ping):
             await conn.reply(f.pong(frame.id, time.time_ns() // 1_000_000))
         else:
-            await conn.reply(f.error(f.ErrorCode.INVALID_FRAME, "already authenticated"))
+            await conn.reply(f.error(ErrorCode.INVALID_FRAME, "already authenticated"))
 
     async def _on_send(self, conn: FakeConnection, frame: f.SendMessage) -> None:
-        ref = {"chat_id": frame.chat_id, "client_message_id": frame.client_message_id}
+        ref = f.send_ref(frame.chat_id, frame.client_message_id)
         if self.ignore_sends:
             return
         if self.fail_sends:
-            code = self.fail_sends.pop(0)
-            await conn.reply(f.error(code, "injected", retriable=code in RETRIABLE, ref=ref))
+            code = ErrorCode(self.fail_sends.pop(0))
+            await conn.reply(f.error(code, "injected", ref=ref))
             return
         chat = self.chats.get(frame.chat_id)
         if chat is None:
-            await conn.reply(f.error("not_found", "no such chat", ref=ref))
+            await conn.reply(f.error(ErrorCode.NOT_FOUND, "no such chat", ref=ref))
             return
         existing = self.idempotency.get((conn.user_id, frame.client_message_id))
         if existing is not None:
             if existing.chat_id != frame.chat_id or existing.text != frame.text:
-                await conn.reply(f.error("idempotency_key_reused", "other content", ref=ref))
+                await conn.reply(f.error(ErrorCode.IDEMPOTENCY_KEY_REUSED, "reused", ref=ref))
             else:
                 await conn.reply(f.send_ack(existing, duplicate=True))
             return
         if not chat.is_member(conn.user_id):
-            await conn.reply(f.error("not_a_member", "not a member", ref=ref))
+            await conn.reply(f.error(ErrorCode.NOT_A_MEMBER, "not a member", ref=ref))
             return
         message = self._append(
             chat, conn.user_id, conn.device_id, frame.client_message_id, frame.text
@@ -399,14 +398,12 @@ class FakeServer:
     async def _on_ack(self, conn: FakeConnection, frame: f.Ack) -> None:
         chat = self.chats.get(frame.chat_id)
         if chat is None or conn.user_id not in chat.members:
-            await conn.reply(
-                f.error("not_a_member", "not a member", ref={"chat_id": frame.chat_id})
-            )
+            ref = f.chat_ref(frame.chat_id)
+            await conn.reply(f.error(ErrorCode.NOT_A_MEMBER, "not a member", ref=ref))
             return
         if frame.sequence > chat.head:
-            await conn.reply(
-                f.error("invalid_input", "ack past the head", ref={"chat_id": frame.chat_id})
-            )
+            ref = f.chat_ref(frame.chat_id)
+            await conn.reply(f.error(ErrorCode.INVALID_INPUT, "ack past the head", ref=ref))
             return
         key = (conn.user_id, frame.chat_id)
         self.acks[key] = max(self.acks.get(key, 0), frame.sequence)
@@ -414,11 +411,8 @@ class FakeServer:
 
     async def _on_sync(self, conn: FakeConnection, frame: f.SyncRequest) -> None:
         if self.fail_syncs:
-            code = self.fail_syncs.pop(0)
-            ref: dict[str, object] = {"sync": True}
-            if frame.chats is not None:
-                ref["chat_ids"] = [p.chat_id for p in frame.chats]
-            await conn.reply(f.error(code, "injected", retriable=code in RETRIABLE, ref=ref))
+            code = ErrorCode(self.fail_syncs.pop(0))
+            await conn.reply(f.error(code, "injected", ref=f.sync_ref(frame)))
             return
         if frame.chats is None:
             positions = [
@@ -432,9 +426,8 @@ class FakeServer:
             chat = self.chats.get(chat_id)
             visible = chat.visible_range(conn.user_id) if chat is not None else None
             if chat is None or visible is None:
-                await conn.reply(
-                    f.error("not_a_member", "not a member", ref={"sync": True, "chat_id": chat_id})
-                )
+                ref = f.sync_chat_ref(chat_id)
+                await conn.reply(f.error(ErrorCode.NOT_A_MEMBER, "not a member", ref=ref))
                 continue
             joined, _ = visible
             last = chat.removed.get(conn.user_id, chat.head)

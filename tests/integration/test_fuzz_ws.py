@@ -37,6 +37,7 @@ from typing import Any
 
 import attrs
 import httpx
+import msgspec
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -293,6 +294,8 @@ def frame_strategy(world: World) -> st.SearchStrategy[str | bytes]:
 @attrs.frozen
 class Refused:
     code: str
+    ref: dict[str, Any] | None = None
+    """The ``ref`` the error carries (a readable ``send_message``'s, ADR 0021), or none."""
 
 
 @attrs.frozen
@@ -310,13 +313,9 @@ def classify(raw: str | bytes, max_frame_bytes: int) -> Refused | TooBig | frame
     if size > max_frame_bytes:
         return Refused("frame_too_large")
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return Refused("invalid_frame")
-    try:
-        frame = frames.parse_client_frame(value)
+        frame = frames.decode_client_frame(raw)  # the gateway's decoder (ADR 0021)
     except FrameError as exc:
-        return Refused(exc.code)
+        return Refused(exc.code, None if exc.ref is None else msgspec.to_builtins(exc.ref))
     if isinstance(frame, frames.Auth):
         return Refused("invalid_frame")  # already authenticated
     return frame
@@ -374,10 +373,10 @@ class Conversation:
         match expected:
             case TooBig():
                 self.socket.recv(seconds=8)  # the close
-            case Refused(code=code):
+            case Refused(code=code, ref=ref):
                 error = self.next_answer(lambda f: f["type"] == "error", raw)
                 assert error["code"] == code, (raw, error)
-                assert "ref" not in error
+                assert error.get("ref") == ref, (raw, error)
             case frames.Ping(id=ping_id):
                 pong = self.next_answer(lambda f: f["type"] == "pong", raw)
                 assert pong["id"] == ping_id

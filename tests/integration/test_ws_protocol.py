@@ -195,6 +195,70 @@ async def test_text_rules_over_the_socket(apps: list[AppProcess]) -> None:
     await socket.close()
 
 
+async def test_every_answer_to_a_readable_send_names_it_in_ref(apps: list[AppProcess]) -> None:
+    """Issue 15: ids over 256 characters got ``invalid_frame`` without ``ref`` (the client could
+    not match it to its pending send) while shorter bad ids got ``invalid_input`` with ``ref``.
+    Now any bad id gets ``invalid_input`` and any malformed field of a readable ``send_message``
+    ``invalid_frame``, both with ``ref``; nothing is stored."""
+    alice, bob = await asyncio.gather(login(apps[0]), login(apps[0]))
+    chat_id = await direct_chat(apps[0], alice, bob)
+    socket = await authed(apps[0], alice)
+    cases: list[tuple[dict[str, object], str, dict[str, str]]] = []
+    for length in (65, 256, 257, 1000):
+        long_id = "m" * length
+        cases.append(
+            (
+                {"chat_id": chat_id, "client_message_id": long_id, "text": "x"},
+                "invalid_input",
+                {"chat_id": chat_id, "client_message_id": long_id},
+            )
+        )
+        long_chat = "d_" + "0" * length
+        cases.append(
+            (
+                {"chat_id": long_chat, "client_message_id": "ok", "text": "x"},
+                "invalid_input",
+                {"chat_id": long_chat, "client_message_id": "ok"},
+            )
+        )
+    cases += [
+        (
+            {"chat_id": chat_id, "client_message_id": "m1", "text": 5},
+            "invalid_frame",
+            {"chat_id": chat_id, "client_message_id": "m1"},
+        ),
+        (
+            {"chat_id": chat_id, "client_message_id": "m2"},
+            "invalid_frame",
+            {"chat_id": chat_id, "client_message_id": "m2"},
+        ),
+    ]
+    for fields, code, ref in cases:
+        await socket.send({"type": "send_message", **fields})
+        answer = await socket.recv_until("error")
+        assert (answer["code"], answer.get("ref")) == (code, ref), (fields, answer)
+    page = (await rest(apps[0], bob, "GET", f"/v1/chats/{chat_id}/messages")).json()
+    assert page["messages"] == []
+    await socket.close()
+
+
+async def test_a_sequence_past_2_to_the_53_is_refused_naming_the_maximum(
+    apps: list[AppProcess],
+) -> None:
+    socket = await authed(apps[0], await login(apps[0]))
+    await socket.send({"type": "ack", "chat_id": "d_x", "sequence": 2**53})
+    answer = await socket.recv_until("error")
+    assert answer["code"] == "invalid_frame"
+    assert "9007199254740991" in answer["message"]
+    await socket.send(
+        {"type": "sync_request", "chats": [{"chat_id": "d_x", "last_acked_sequence": 2**60}]}
+    )
+    answer = await socket.recv_until("error")
+    assert answer["code"] == "invalid_frame"
+    assert "9007199254740991" in answer["message"]
+    await socket.close()
+
+
 # ------------------------------------------------------------------ delivery
 
 

@@ -27,6 +27,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.asyncio.client import ClientConnection, connect
 
 from messaging.bootstrap import gateway_config
+from messaging.connection.config import GatewayConfig
 from messaging.connection.gateway import Gateway
 from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
@@ -34,6 +35,7 @@ from messaging.connection.session import Connection, State
 from messaging.connection.transport import HANDSHAKE_ATTRIBUTES, LeanWebSocketProtocol
 from messaging.domain.model import Message
 from messaging.metrics import Metrics
+from messaging.protocol import frames
 from messaging.protocol.chat import ConversationReader, DeliveryAckSink, MessageIngest
 from messaging.protocol.delivery import Delivery, RouteRegistry
 from messaging.protocol.frames import CloseCode
@@ -108,13 +110,13 @@ async def test_the_writer_runs_only_while_frames_are_queued() -> None:
     sent = Sent()
     conn = connection(sent)
     for i in range(3):
-        assert conn.push_json({"type": "pong", "id": str(i)})
+        assert conn.push_frame(frames.pong(str(i), 0))
     assert len(other_tasks()) == 1
     await settle()
     assert [orjson.loads(f)["id"] for f in sent.frames] == ["0", "1", "2"]
     assert not other_tasks()
     assert len(conn.queue) == 0
-    conn.push_json({"type": "pong", "id": "3"})  # a new burst starts a new writer
+    conn.push_frame(frames.pong("3", 0))  # a new burst starts a new writer
     await settle()
     assert orjson.loads(sent.frames[-1])["id"] == "3"
     assert not other_tasks()
@@ -203,7 +205,7 @@ async def test_shutdown_cancels_and_awaits_every_task_and_starts_no_more() -> No
     syncs = conn.syncs = conn.lane(32, handle)
     commands.put(1)
     syncs.put(1)
-    conn.push_json({"type": "pong"})
+    conn.push_frame(frames.pong(None, 0))
     conn.start_reader(asyncio.sleep(3600))
     await settle()
     assert len(other_tasks()) == 4
@@ -211,7 +213,7 @@ async def test_shutdown_cancels_and_awaits_every_task_and_starts_no_more() -> No
     assert not other_tasks()
     assert conn.stopped().done()
     assert conn.close_code is None
-    assert not conn.push_json({"type": "pong"})
+    assert not conn.push_frame(frames.pong(None, 0))
     commands.put(2)
     await settle()
     assert not other_tasks()
@@ -235,7 +237,7 @@ async def test_a_failing_task_closes_with_1011_and_a_gone_peer_stops_without_a_c
     sent = Sent()
     sent.error = OSError("gone")
     gone = connection(sent)
-    gone.push_json({"type": "pong"})
+    gone.push_frame(frames.pong(None, 0))
     await asyncio.wait_for(gone.stopped(), 5)
     assert gone.state is State.CLOSING
     assert gone.close_code is None
@@ -326,7 +328,9 @@ class Nothing:
         raise AssertionError("no send")
 
 
-def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
+def gateway_app(
+    fakes: Nothing, local: LocalConnections, config: GatewayConfig | None = None
+) -> Starlette:
     """A Starlette app with only the gateway, every port of which ``fakes`` plays."""
     gateway = Gateway(
         tokens=Tokens(),
@@ -336,7 +340,7 @@ def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
         acks=cast(DeliveryAckSink, fakes),
         routes=fakes,
         local=local,
-        config=gateway_config(Settings()),
+        config=config or gateway_config(Settings()),
         metrics=Metrics(),
     )
     return Starlette(routes=[WebSocketRoute("/ws", gateway.handle)])
@@ -344,9 +348,15 @@ def gateway_app(fakes: Nothing, local: LocalConnections) -> Starlette:
 
 @contextlib.asynccontextmanager
 async def serving(
-    app: Any, protocol: type[asyncio.Protocol] = LeanWebSocketProtocol
+    app: Any,
+    protocol: type[asyncio.Protocol] = LeanWebSocketProtocol,
+    *,
+    send_buffer: int | None = None,
 ) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """``send_buffer``: SO_SNDBUF of the accepted sockets (Linux: they inherit it)."""
     sock = socket.socket()
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(

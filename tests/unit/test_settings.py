@@ -126,3 +126,35 @@ def test_every_operator_tunable_of_the_gateway_comes_from_settings() -> None:
     )
     assert len(from_settings) == 11
     assert [n for n in from_settings if getattr(defaults, n) == getattr(changed, n)] == []
+
+
+def test_every_abuse_limit_is_documented_in_the_readme() -> None:
+    """The README's limits paragraph names every limit setting (``MESSAGING_LIMIT_*`` and the
+    OTP windows, which issue 15 found undocumented), in full or as a ``_SUFFIX`` of the one
+    before it; the OTP per-address limit is configurable like the others."""
+    import re
+    from pathlib import Path
+
+    import attrs
+
+    from messaging.settings import Settings, env_var
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    named = set(re.findall(r"`(_?[A-Z][A-Z0-9_]+)`", readme))
+    limits = [
+        field.name
+        for field in attrs.fields(Settings)
+        if field.name.startswith(("limit_", "otp_requests_", "otp_rate_window", "otp_max_"))
+    ]
+    assert "otp_requests_per_address_per_window" in limits
+    for name in limits:
+        variable = env_var(name)
+        assert variable in named or any(
+            part.startswith("_") and variable.endswith(part) for part in named
+        ), f"{variable} is not in the README's limits paragraph"
+    assert (
+        from_env(
+            {env_var("otp_requests_per_address_per_window"): "7"}
+        ).otp_requests_per_address_per_window
+        == 7
+    )

@@ -2,11 +2,14 @@
 
 A connection is served by its handler (the ASGI task) and a reader task (parses frames, answers
 pings, hands commands on). Everything else runs only while it has work, as tasks owned by the
-connection (``session.py``): the writer (drains the outbound queue to the socket), the command lane
-(sends, answered in the order received; acks are handed to the durability plane's coalescer without
-waiting, their answers follow when the coalesced write lands) and the sync lane (paced catch-up
-replay, requests answered in order). Idle timeouts are enforced by one sweep for the whole process
-(:meth:`Gateway.sweep_idle`, a background loop of the composition root), not a task per socket.
+connection (``session.py``): the writer (drains the outbound queue to the socket), the command
+lane (sends, answered in the order received; acks are handed to the durability plane's coalescer
+without waiting, their answers follow when the coalesced write lands) and the sync lane (paced
+catch-up replay, ``replay.py``, requests answered in order); the connection owns its lanes and the
+gateway gives it, once for all connections, what they do
+(:class:`~messaging.connection.session.Lanes`). Idle timeouts are enforced by one sweep for the
+whole process (:meth:`Gateway.sweep_idle`, a background loop of the composition root), not a task
+per socket.
 Whoever decides to close sets the close code on the connection; the handler then stops the
 connection's tasks, cancels and awaits them, and closes the socket with that code.
 
@@ -25,13 +28,14 @@ from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from messaging.connection.answers import domain_error, rate_limited
 from messaging.connection.config import GatewayConfig
-from messaging.connection.outbound import OutboundQueue, encode_frame
+from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
-from messaging.connection.session import Connection, State
+from messaging.connection.replay import SyncReplay
+from messaging.connection.session import Connection, Lanes, State
 from messaging.domain.errors import DeviceMismatch, LimitExceeded, MessagingError, Unauthenticated
 from messaging.domain.limits import Counter, KeyedBuckets
 from messaging.metrics import Metrics
@@ -44,8 +48,6 @@ from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
 log = logging.getLogger(__name__)
 
 Command = frames.SendMessage | frames.Ack
-SyncItem = tuple[frames.SyncRequest, float]
-"""A sync request and how long its sender must wait (over the sync rate: answered with an error)."""
 
 
 class Gateway:
@@ -80,6 +82,12 @@ class Gateway:
         self._sync_buckets = KeyedBuckets(config.syncs, monotonic)
         self._per_user = Counter(config.connections_per_user)
         self._per_address = Counter(config.connections_per_address)
+        self._lanes = Lanes(
+            pending_commands=config.pending_commands,
+            command=self._work,
+            pending_syncs=config.pending_syncs,
+            sync=SyncReplay(reader=reader, metrics=metrics, page_size=config.sync_page_size).answer,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,23 +189,24 @@ class Gateway:
             self._metrics,
             websocket.send_text,
             now=self._monotonic(),
+            lanes=self._lanes,
         )
         # `ready` is the first frame queued, before the connection can receive live pushes
         # (registering it and announcing its route lets fanout find it): no chat data before
         # `ready`. A message fanned out in between is not lost: the client syncs after `ready`.
-        connection.push_json(
+        connection.push_frame(
             frames.ready(
                 user_id=principal.user_id,
                 device_id=principal.device_id,
                 connection_id=connection.connection_id,
                 server_time_ms=int(self._clock() * 1000),
-                limits={
-                    "max_frame_bytes": self._config.max_frame_bytes,
-                    "outbound_queue_messages": self._config.outbound_queue_messages,
-                    "outbound_queue_bytes": self._config.outbound_queue_bytes,
-                    "sync_page_size": self._config.sync_page_size,
-                    "idle_timeout_ms": int(self._config.idle_timeout_seconds * 1000),
-                },
+                limits=frames.Limits(
+                    max_frame_bytes=self._config.max_frame_bytes,
+                    outbound_queue_messages=self._config.outbound_queue_messages,
+                    outbound_queue_bytes=self._config.outbound_queue_bytes,
+                    sync_page_size=self._config.sync_page_size,
+                    idle_timeout_ms=int(self._config.idle_timeout_seconds * 1000),
+                ),
             )
         )
         self._local.add(connection)
@@ -230,8 +239,8 @@ class Gateway:
         if message["type"] == "websocket.disconnect":
             return None
         try:
-            frame = frames.parse_client_frame(orjson.loads(message.get("text") or b""))
-        except (orjson.JSONDecodeError, FrameError):
+            frame: frames.ClientFrame | None = frames.decode_client_frame(message.get("text") or "")
+        except FrameError:
             frame = None
         if not isinstance(frame, frames.Auth):
             await self._close(websocket, CloseCode.UNAUTHENTICATED, "the first frame must be auth")
@@ -253,9 +262,15 @@ class Gateway:
 
     # ------------------------------------------------------------------ tasks
 
-    def _reject(self, connection: Connection, code: str, text: str) -> None:
+    def _reject(
+        self,
+        connection: Connection,
+        code: ErrorCode,
+        text: str,
+        ref: frames.ErrorRef | None = None,
+    ) -> None:
         """An error frame for an invalid frame; too many of them close the connection (4000)."""
-        connection.push_json(frames.error(code, text))
+        connection.push_frame(frames.error(code, text, ref=ref))
         now = self._monotonic()
         bad = connection.bad_frames
         if bad is None:
@@ -287,47 +302,35 @@ class Gateway:
                 )
                 continue
             try:
-                frame = frames.parse_client_frame(orjson.loads(text))
-            except orjson.JSONDecodeError:
-                self._reject(connection, ErrorCode.INVALID_FRAME, "a frame is one JSON object")
-                continue
+                frame = frames.decode_client_frame(text)
             except FrameError as exc:
-                self._reject(connection, exc.code, exc.message)
+                self._reject(connection, exc.code, exc.message, exc.ref)
                 continue
             kind = type(frame).__name__
             self._metrics.frames_in.labels(kind).inc()
             if isinstance(frame, frames.Ping):
-                connection.push_json(frames.pong(frame.id, int(self._clock() * 1000)))
+                connection.push_frame(frames.pong(frame.id, int(self._clock() * 1000)))
             elif isinstance(frame, frames.Auth):
                 self._reject(connection, ErrorCode.INVALID_FRAME, "already authenticated")
             elif isinstance(frame, frames.SyncRequest):
                 # Over the limit, the sync lane answers it with an error in its turn: sync
                 # answers stay in request order, which is how clients pair them.
                 wait = self._sync_buckets.take(connection.user_id)
-                syncs = connection.syncs
-                if syncs is None:
-                    syncs = connection.syncs = connection.lane(
-                        self._config.pending_syncs, self._sync
-                    )
-                if not syncs.put((frame, wait)):
+                if not connection.put_sync((frame, wait)):
                     connection.close(CloseCode.PROTOCOL_ABUSE, "too many sync requests in flight")
             else:
                 if isinstance(frame, frames.SendMessage):
                     wait = self._send_buckets.take(connection.user_id)
                     if wait > 0:
-                        self._rate_limited(connection, "sends", "messages", _ref(frame), wait)
+                        rate_limited(
+                            connection, self._metrics, "sends", "messages", _ref(frame), wait
+                        )
                         continue
-                commands = connection.commands
-                if commands is None:
-                    commands = connection.commands = connection.lane(
-                        self._config.pending_commands, self._work
-                    )
-                if not commands.put(frame):
-                    connection.push_json(
+                if not connection.put_command(frame):
+                    connection.push_frame(
                         frames.error(
                             ErrorCode.RATE_LIMITED,
                             "too many frames in flight; wait for answers",
-                            retriable=True,
                             ref=_ref(frame),
                         )
                     )
@@ -342,9 +345,7 @@ class Gateway:
         except MessagingError as exc:
             if isinstance(exc, LimitExceeded):
                 self._metrics.limit_rejections.labels(exc.limit).inc()
-            connection.push_json(
-                frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_ref(command))
-            )
+            connection.push_frame(domain_error(exc, _ref(command)))
 
     def _ack(self, connection: Connection, command: frames.Ack) -> None:
         """Hand the ack over and return at once: its ``acked`` (or error) is pushed when the
@@ -353,13 +354,9 @@ class Gateway:
 
         def reply(result: int | MessagingError) -> None:
             if isinstance(result, MessagingError):
-                connection.push_json(
-                    frames.error(
-                        result.code, result.message, retriable=result.retriable, ref=_ref(command)
-                    )
-                )
+                connection.push_frame(domain_error(result, _ref(command)))
             else:
-                connection.push_json(frames.acked(command.chat_id, result))
+                connection.push_frame(frames.acked(command.chat_id, result))
 
         self._acks.submit(
             connection.user_id,
@@ -384,88 +381,11 @@ class Gateway:
             raise
         self._metrics.send_latency.observe(self._monotonic() - started)
         self._metrics.sends.labels("duplicate" if result.duplicate else "stored").inc()
-        connection.push_json(frames.send_ack(result.message, duplicate=result.duplicate))
+        connection.push_frame(frames.send_ack(result.message, duplicate=result.duplicate))
         connection.saw(result.message.chat_id, result.message.sequence)
 
-    async def _sync(self, connection: Connection, item: SyncItem) -> None:
-        """One sync request, in its turn on the connection's sync lane."""
-        request, wait = item
-        if wait > 0:
-            self._rate_limited(connection, "syncs", "sync requests", _sync_ref(request), wait)
-            return
-        self._metrics.sync_requests.inc()
-        try:
-            if request.chats is None:
-                summaries = await self._reader.list_chats(connection.user_id)
-                positions = [(s.chat.chat_id, s.last_acked_sequence) for s in summaries]
-            else:
-                positions = [(p.chat_id, p.last_acked_sequence) for p in request.chats]
-        except MessagingError as exc:
-            connection.push_json(
-                frames.error(exc.code, exc.message, retriable=exc.retriable, ref=_sync_ref(request))
-            )
-            return
-        page_size = self._config.sync_page_size
-        for chat_id, after in positions:
-            try:
-                while True:
-                    page = await self._reader.messages_after(
-                        connection.user_id, chat_id, after, page_size
-                    )
-                    for message in page.messages:
-                        await self._paced(connection, frames.message(message, replay=True))
-                    self._metrics.sync_replays.inc(len(page.messages))
-                    if page.messages:
-                        after = page.messages[-1].sequence
-                    if not page.has_more:
-                        break
-                await self._paced(connection, frames.sync_complete(chat_id, page.visible_head))
-                connection.saw(chat_id, page.visible_head)
-            except MessagingError as exc:
-                connection.push_json(
-                    frames.error(
-                        exc.code,
-                        exc.message,
-                        retriable=exc.retriable,
-                        ref={"sync": True, "chat_id": chat_id},
-                    )
-                )
 
-    def _rate_limited(
-        self, connection: Connection, limit: str, what: str, ref: dict[str, object], wait: float
-    ) -> None:
-        """Answer a frame refused by the ``limit`` token bucket, and count it (ADR 0010)."""
-        self._metrics.limit_rejections.labels(limit).inc()
-        connection.push_json(
-            frames.error(
-                ErrorCode.RATE_LIMITED,
-                f"too many {what}; retry later",
-                retriable=True,
-                ref=ref,
-                retry_after_ms=_ms(wait),
-            )
-        )
-
-    async def _paced(self, connection: Connection, frame: dict[str, object]) -> None:
-        if connection.state is not State.LIVE:
-            return  # closing: the handler is about to cancel this task
-        await connection.put_paced(encode_frame(frame))
-        self._metrics.frames_out.labels(str(frame["type"])).inc()
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000 + 0.999))
-
-
-def _sync_ref(request: frames.SyncRequest) -> dict[str, object]:
-    """Marks an error as the answer to a sync request (the client retries that sync)."""
-    ref: dict[str, object] = {"sync": True}
-    if request.chats is not None:
-        ref["chat_ids"] = [p.chat_id for p in request.chats]
-    return ref
-
-
-def _ref(command: Command) -> dict[str, object]:
+def _ref(command: Command) -> frames.ErrorRef:
     if isinstance(command, frames.SendMessage):
-        return {"chat_id": command.chat_id, "client_message_id": command.client_message_id}
-    return {"chat_id": command.chat_id}
+        return frames.send_ref(command.chat_id, command.client_message_id)
+    return frames.chat_ref(command.chat_id)

@@ -1,5 +1,5 @@
 """A connection's outbound queue: bounded in frames and in bytes (ADR 0008). Frames are the
-UTF-8 bytes of their JSON, so the byte limit is exact.
+UTF-8 bytes of their JSON (``messaging.protocol.frames.encode``), so the byte limit is exact.
 
 Two ways in:
 
@@ -18,16 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
-
-import orjson
-
-
-def encode_frame(frame: Mapping[str, object]) -> bytes:
-    """A frame's JSON as UTF-8 bytes in an allocation of its own size. ``orjson.dumps`` returns
-    even a 300-byte result in a 4 KiB allocation, so every queued or retained frame would cost
-    4 KiB (measured with tracemalloc); the copy costs a fraction of a microsecond."""
-    return bytes(memoryview(orjson.dumps(frame)))
 
 
 class OutboundQueue:

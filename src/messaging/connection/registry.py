@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from messaging.connection.outbound import encode_frame
 from messaging.connection.session import Connection
 from messaging.metrics import Metrics
 from messaging.protocol import frames
@@ -45,7 +44,7 @@ class LocalConnections:
         """Queue each message once on every local connection of each recipient."""
         queued = 0
         for delivery in deliveries:
-            frame = encode_frame(frames.message(delivery.message))
+            frame = frames.encode(frames.message(delivery.message))
             message = delivery.message
             for user in delivery.recipients:
                 for connection in tuple(self._by_user.get(user, ())):
@@ -60,4 +59,4 @@ class LocalConnections:
 
     def suggest_resync(self, reason: str) -> None:
         for connection in self.all():
-            connection.push_json(frames.resync(reason))
+            connection.push_frame(frames.resync(reason))

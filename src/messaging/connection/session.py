@@ -19,10 +19,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+import attrs
 from starlette.websockets import WebSocketDisconnect
 
-from messaging.connection.outbound import OutboundQueue, encode_frame
+from messaging.connection.outbound import OutboundQueue
 from messaging.metrics import Metrics
+from messaging.protocol import frames
 from messaging.protocol.frames import CloseCode
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,19 @@ DELIVERED_CHATS = 256
 """How many chats a connection remembers what it was sent of (see ``Connection.saw``)."""
 
 
+@attrs.frozen
+class Lanes:
+    """What a connection's two lanes do and how many items may wait in each: one object, made
+    by the gateway, shared by all its connections (a connection holds a reference, not a copy)."""
+
+    pending_commands: int
+    command: Callable[[Connection, Any], Awaitable[None]]
+    """Handles a ``send_message`` or an ``ack``."""
+    pending_syncs: int
+    sync: Callable[[Connection, Any], Awaitable[None]]
+    """Answers a ``sync_request`` (``connection/replay.py``)."""
+
+
 class State(enum.Enum):
     LIVE = "live"
     CLOSING = "closing"
@@ -40,6 +55,7 @@ class State(enum.Enum):
 
 class Connection:
     __slots__ = (
+        "_lanes",
         "_metrics",
         "_reader",
         "_send",
@@ -68,6 +84,7 @@ class Connection:
         send: Callable[[str], Awaitable[None]],
         *,
         now: float = 0.0,
+        lanes: Lanes | None = None,
     ) -> None:
         self.connection_id = f"c_{uuid.uuid4().hex[:16]}"
         self.user_id = user_id
@@ -87,6 +104,7 @@ class Connection:
         ``DELIVERED_CHATS`` chats)."""
         self.commands: Lane[Any] | None = None
         self.syncs: Lane[Any] | None = None
+        self._lanes = lanes
         self._metrics = metrics
         self._send = send
         self._reader: asyncio.Task[None] | None = None
@@ -124,8 +142,9 @@ class Connection:
         self._start_writer()
         return True
 
-    def push_json(self, frame: dict[str, object]) -> bool:
-        return self.push(encode_frame(frame), str(frame.get("type", "?")))
+    def push_frame(self, frame: frames.ServerFrame) -> bool:
+        """Queue a frame built here (an answer, ``ready``, ``resync``) as :meth:`push` does."""
+        return self.push(frames.encode(frame), frames.kind(frame))
 
     async def put_paced(self, frame: bytes) -> None:
         """Queue a replayed frame once the queue has drained below half (ADR 0008)."""
@@ -147,6 +166,24 @@ class Connection:
 
     def start_reader(self, reader: Coroutine[Any, Any, None]) -> None:
         self._reader = self._spawn(reader)
+
+    def put_command(self, command: object) -> bool:
+        """Queue a send or an ack on the command lane (created by the first one); False when
+        ``pending_commands`` already wait."""
+        commands = self.commands
+        if commands is None:
+            assert self._lanes is not None, "a connection made without lanes"
+            commands = self.commands = self.lane(self._lanes.pending_commands, self._lanes.command)
+        return commands.put(command)
+
+    def put_sync(self, request: object) -> bool:
+        """Queue a sync request on the sync lane (created by the first one); False when
+        ``pending_syncs`` already wait."""
+        syncs = self.syncs
+        if syncs is None:
+            assert self._lanes is not None, "a connection made without lanes"
+            syncs = self.syncs = self.lane(self._lanes.pending_syncs, self._lanes.sync)
+        return syncs.put(request)
 
     def lane(self, limit: int, handle: Callable[[Connection, T], Awaitable[None]]) -> Lane[T]:
         """A lane whose items ``handle(self, item)`` handles, in order, one at a time."""

@@ -13,31 +13,18 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from messaging.domain.errors import Unavailable
 from messaging.protocol.delivery import Delivery, LocalDelivery
-from messaging.protocol.wire import message_from_json, message_json
+from messaging.protocol.handoff import HandoffError, decode_handoff, encode_handoff
 
 log = logging.getLogger(__name__)
 
 
 def channel(instance_id: str) -> str:
     return f"deliver:{instance_id}"
-
-
-def encode(deliveries: Sequence[Delivery]) -> bytes:
-    return orjson.dumps(
-        [{"m": message_json(d.message), "r": list(d.recipients)} for d in deliveries]
-    )
-
-
-def decode(payload: bytes) -> list[Delivery]:
-    return [
-        Delivery(message_from_json(item["m"]), tuple(item["r"])) for item in orjson.loads(payload)
-    ]
 
 
 class RedisHandoff:
@@ -48,7 +35,7 @@ class RedisHandoff:
 
     async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
         try:
-            await self._redis.publish(channel(instance_id), encode(deliveries))
+            await self._redis.publish(channel(instance_id), encode_handoff(deliveries))
         except (RedisError, OSError) as exc:
             raise Unavailable(f"hand-off to {instance_id} failed: {exc!r}") from exc
 
@@ -71,8 +58,8 @@ class RedisHandoff:
                     if item.get("type") != "message":
                         continue
                     try:
-                        local.deliver(decode(item["data"]))
-                    except (ValueError, KeyError, TypeError):
+                        local.deliver(decode_handoff(item["data"]))
+                    except HandoffError:
                         log.error("dropping an undecodable hand-off payload")
             except (RedisError, OSError):
                 self._subscribed.clear()

@@ -1,0 +1,39 @@
+"""Error answers the gateway's lanes share (docs/protocol.md, "error")."""
+
+from __future__ import annotations
+
+from messaging.connection.session import Connection
+from messaging.domain.errors import MessagingError
+from messaging.metrics import Metrics
+from messaging.protocol import frames
+from messaging.protocol.frames import ErrorCode
+
+
+def domain_error(exc: MessagingError, ref: frames.ErrorRef) -> frames.Error:
+    """The ``error`` frame for a domain error, answering what ``ref`` names."""
+    return frames.error(ErrorCode.of(exc.code), exc.message, ref=ref)
+
+
+def rate_limited(
+    connection: Connection,
+    metrics: Metrics,
+    limit: str,
+    what: str,
+    ref: frames.ErrorRef,
+    wait: float,
+) -> None:
+    """Answer a frame refused by the ``limit`` token bucket, and count it (ADR 0010)."""
+    metrics.limit_rejections.labels(limit).inc()
+    connection.push_frame(
+        frames.error(
+            ErrorCode.RATE_LIMITED,
+            f"too many {what}; retry later",
+            ref=ref,
+            retry_after_ms=ms(wait),
+        )
+    )
+
+
+def ms(seconds: float) -> int:
+    """A wait in whole milliseconds, at least 1."""
+    return max(1, int(seconds * 1000 + 0.999))
