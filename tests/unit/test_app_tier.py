@@ -28,6 +28,7 @@ def test_haproxy_balances_websockets_over_ready_apps() -> None:
     assert "timeout tunnel 3600s" in config  # WebSockets outlive the HTTP timeouts
     assert "option redispatch" in config  # a refused connection goes to another app
     assert "option forwardfor" in config
+    assert "option http-server-close" in config  # idle keep-alives do not count as load
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -141,11 +142,15 @@ class App:
 
 def haproxy_config(settings: Settings, apps: int) -> str:
     """HAProxy's configuration for ``apps`` app processes behind ``MESSAGING_PORT``."""
-    servers = "\n".join(
-        f"    server app-{n} 127.0.0.1:{app_port(settings, n)} check" for n in range(1, apps + 1)
-    )
+    servers = [(f"app-{n}", app_port(settings, n)) for n in range(1, apps + 1)]
+    return render_haproxy_config(settings.host, settings.port, servers)
+
+
+def render_haproxy_config(host: str, port: int, servers: Sequence[tuple[str, int]]) -> str:
+    """HAProxy in front of app processes on 127.0.0.1 at the given ports (ADR 0031)."""
+    lines = "\n".join(f"    server {name} 127.0.0.1:{at} check" for name, at in servers)
     check = f"inter {CHECK_INTERVAL_MS}ms fall {CHECK_FALL} rise {CHECK_RISE}"
-    return f"""# Written by `messaging stack up --apps {apps}` (ADR 0031); rewritten on every start.
+    return f"""# HAProxy in front of {len(servers)} app processes (ADR 0031), written by messaging.
 global
     log stderr format short local0 notice
 
@@ -157,6 +162,9 @@ defaults
     # Forward the client's address; the apps trust X-Forwarded-For from 127.0.0.1
     # (MESSAGING_FORWARDED_ALLOW_IPS) for their per-address limits.
     option forwardfor
+    # Close the app side after each response: an idle keep-alive REST connection then holds
+    # nothing on an app, so leastconn counts WebSockets and requests in flight (ADR 0031).
+    option http-server-close
     # A connection refused by an app that is draining or dead goes to another app.
     option redispatch
     retries 3
@@ -169,7 +177,7 @@ defaults
     timeout http-request 10s
 
 frontend public
-    bind {settings.host}:{settings.port}
+    bind {host}:{port}
     default_backend apps
 
 backend apps
@@ -179,7 +187,7 @@ backend apps
     option httpchk GET /readyz
     http-check expect status 200
     default-server {check}
-{servers}
+{lines}
 """
 
 
