@@ -90,3 +90,13 @@ def test_connection_counts_come_from_the_metrics() -> None:
     assert metric_total(exposition, "messaging_ws_connections") == 7
     assert metric_total("", "messaging_ws_connections") == 0
     assert _unchunk(b"5\r\nhello\r\n3\r\n ok\r\n0\r\n\r\n") == b"hello ok"
+
+
+def test_doctor_lists_the_recorded_tier_ports_and_the_public_port_once(tmp_path: Path) -> None:
+    from messaging.devstack import doctor
+
+    (tmp_path / "apps").write_text("2\n")
+    settings = Settings(stack_dir=tmp_path, port=19000, stack_app_port=19100)
+    listed = [p.port for p in doctor.ports(settings)]
+    assert {19101, 19102} <= set(listed)
+    assert listed.count(19000) == 1
