@@ -100,3 +100,14 @@ def test_doctor_lists_the_recorded_tier_ports_and_the_public_port_once(tmp_path:
     listed = [p.port for p in doctor.ports(settings)]
     assert {19101, 19102} <= set(listed)
     assert listed.count(19000) == 1
+
+
+def test_down_forgets_the_tier_so_a_plain_up_serves_no_apps(tmp_path: Path) -> None:
+    from messaging.devstack.stack import down
+
+    (tmp_path / "apps").write_text("3\n")
+    said: list[str] = []
+    down(recorded_profile(Settings(stack_dir=tmp_path)), said.append)
+    assert "app-1: not running" in said
+    assert "haproxy: not running" in said
+    assert recorded_profile(Settings(stack_dir=tmp_path)).stack_apps == 0

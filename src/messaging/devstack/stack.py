@@ -220,6 +220,8 @@ def down(settings: Settings, say: Say = print) -> None:
             say(f"{service.name}: stopped")
         else:
             say(f"{service.name}: not running")
+    # The app tier is not part of the next plain `stack up` (`make run` serves one process).
+    (settings.stack_dir / APPS_FILE).unlink(missing_ok=True)
 
 
 def status(settings: Settings, say: Say = print) -> bool:
