@@ -164,6 +164,7 @@ def up_apps(settings: Settings, say: Say = print) -> None:
         for service in reversed(app_tier(attrs.evolve(settings, stack_apps=running))):
             if service.process.stop():
                 say(f"{service.name}: stopped")
+    settings.stack_dir.mkdir(parents=True, exist_ok=True)
     (settings.stack_dir / APPS_FILE).write_text(f"{settings.stack_apps}\n")
     tier = app_tier(settings)
     if not tier:
