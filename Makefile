@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run    - install missing system packages, venv, local stack up, db init, serve on http://127.0.0.1:8000"
+	@echo "              (APPS=3 make run: three app processes behind HAProxy on that address)"
 	@echo "make test   - the same (plus Chromium), then lint-imports, ruff, mypy, hadolint, pip-audit and pytest"
 	@echo "make stack-down - stop Kafka, the DynamoDB API emulator and Redis"
 	@echo "make doctor - what is installed, which ports are taken and by whom, caches and logs"
@@ -44,10 +45,17 @@ stack-status: venv
 doctor: venv
 	@$(BIN)/messaging doctor
 
+# APPS=N: N app processes behind HAProxy on the same address, in the background (ADR 0031).
+APPS ?=
 run: stack-up
 	@$(BIN)/messaging db init
+ifeq ($(strip $(APPS)),)
 	@echo "== serve: http://$${MESSAGING_HOST:-127.0.0.1}:$${MESSAGING_PORT:-8000}/ (Ctrl-C stops the app, make stack-down the stack)"
 	@$(BIN)/messaging serve
+else
+	@$(BIN)/messaging stack up --apps $(APPS)
+	@echo "== serve: http://$${MESSAGING_HOST:-127.0.0.1}:$${MESSAGING_PORT:-8000}/ through HAProxy to $(APPS) app processes (messaging stack status lists them; messaging stack up --apps 0 stops them, make stack-down everything)"
+endif
 
 lint: venv
 	$(BIN)/lint-imports

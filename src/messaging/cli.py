@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=(1, 3),
         help="KRaft nodes: 1 (default) or 3, the replicated profile (ADR 0029)",
     )
+    stack_up.add_argument(
+        "--apps",
+        type=int,
+        choices=range(33),
+        metavar="N",
+        help="N app processes behind HAProxy on MESSAGING_PORT (ADR 0031); 0 stops them "
+        "(default: the number running)",
+    )
     stack_cmds.add_parser("down", help="stop the processes the stack started")
     stack_cmds.add_parser("status", help="each service with its address and health")
     logs = stack_cmds.add_parser("logs", help="the last lines of each service's log")
@@ -109,8 +117,13 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     try:
-        if args.stack_command == "up" and args.kafka_brokers:
-            settings = attrs.evolve(settings, stack_kafka_brokers=args.kafka_brokers)
+        if args.stack_command == "up":
+            if args.kafka_brokers:
+                settings = attrs.evolve(settings, stack_kafka_brokers=args.kafka_brokers)
+            if args.apps is not None:
+                settings = attrs.evolve(settings, stack_apps=args.apps)
+            elif not settings.stack_apps:
+                settings = stack.recorded_apps(settings)
         else:
             settings = stack.recorded_profile(settings)
         if args.stack_command == "up":

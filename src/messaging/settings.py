@@ -119,6 +119,10 @@ class Settings:
     stack_redis_port: int = 6379
     stack_toxiproxy_port: int = 8474
     """Toxiproxy's HTTP API: the network fault proxy of the test profile (ADR 0028)."""
+    stack_apps: int = 0
+    """App processes behind HAProxy on ``port`` (``stack up --apps N``, ADR 0031); 0: none."""
+    stack_app_port: int = 8100
+    """App process n of the stack's app tier listens on this port + n."""
 
     # Test-only fault injection; refused in production.
     fault_hooks: bool = False
@@ -277,6 +281,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "stack_dynamodb_port": _PORT,
     "stack_redis_port": _PORT,
     "stack_toxiproxy_port": _PORT,
+    "stack_apps": _parse_int(0, 32),
+    "stack_app_port": _parse_int(1, 65535 - 32),
     "fault_hooks": _parse_bool,
 }
 

@@ -58,6 +58,19 @@ async def test_two_users_chat_both_ways(people: People) -> None:
     await bob.screenshot("chat")
 
 
+async def test_page_names_the_process_that_serves_it(
+    people: People, apps: list[AppProcess]
+) -> None:
+    """Behind HAProxy (ADR 0031) a reconnect may land on another process: the corner says
+    which one answered, from /healthz, before and after login."""
+    alice = await people("alice", app=1)
+    await alice.page.goto(alice.app.base_url + "/")
+    served_by = alice.page.locator("#served-by")
+    await expect(served_by).to_have_text(f"served by {apps[1].instance_id}")
+    await alice.login()
+    await expect(served_by).to_have_text(f"served by {apps[1].instance_id}")
+
+
 async def test_reload_keeps_history(people: People) -> None:
     alice, bob = await chatting_pair(people)
     await bob.send("first reply")

@@ -63,7 +63,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenario", choices=[*SCENARIO_NAMES, "suite"])
     parser.add_argument("--url", help="target a running app instead of starting processes")
     parser.add_argument("--app-pid", type=int, help="with --url: the app's pid, for CPU and RSS")
-    parser.add_argument("--apps", type=int, default=1, help="app processes to start (default 1)")
+    parser.add_argument(
+        "--apps",
+        type=_ints,
+        default=(1,),
+        help="app processes to start (default 1); a list (1,2,3) runs each scenario once per "
+        "count and adds a throughput and p99 table per count (ADR 0031)",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, help="each app as `serve --workers N` (default 1)"
     )
@@ -135,6 +141,8 @@ def options_from(args: argparse.Namespace) -> Options:
     unknown = chosen - {"dynamodb", "kafka", "echo"}
     if unknown:
         raise SystemExit(f"messaging bench: unknown baseline(s) {', '.join(sorted(unknown))}")
+    if not args.apps or min(args.apps) < 1 or max(args.apps) > 32:
+        raise SystemExit("messaging bench: --apps takes counts from 1 to 32, e.g. 1,2,3")
     if args.max_messages < 1 or args.concurrency < 1 or args.connections < 1:
         raise SystemExit("messaging bench: --max-messages, --concurrency, --connections >= 1")
     return Options(
@@ -204,15 +212,31 @@ async def _main(settings: Settings, args: argparse.Namespace, options: Options) 
         if managed:
             await app_procs.prepare(settings, namespace)
         base = await _baselines(settings, namespace, options, out_dir, sampler, say)
+        counts = list(dict.fromkeys(args.apps)) if managed else [1]
         for name in names:
             scenario_options = _for_suite(name, options) if args.scenario == "suite" else options
-            try:
-                results[name] = await _scenario(
-                    name, settings, args, scenario_options, namespace, out_dir, sampler, say
-                )
-            except Exception:
-                failures.append(name)
-                say(f"scenario {name} FAILED:\n{traceback.format_exc()}")
+            for count in counts:
+                key = name if len(counts) == 1 else f"{name}@{count}apps"
+                try:
+                    result = await _scenario(
+                        name,
+                        settings,
+                        args,
+                        scenario_options,
+                        namespace,
+                        out_dir,
+                        sampler,
+                        say,
+                        apps=count,
+                    )
+                except Exception:
+                    failures.append(key)
+                    say(f"scenario {key} FAILED:\n{traceback.format_exc()}")
+                    continue
+                result["apps"] = count
+                if len(counts) > 1:
+                    result["scenario"] = f"{name} {count} apps"
+                results[key] = result
     finally:
         if managed and not args.keep:
             for problem in await app_procs.cleanup(settings, namespace):
@@ -229,7 +253,7 @@ async def _main(settings: Settings, args: argparse.Namespace, options: Options) 
             "loadavg_after": after,
             "out_dir": str(out_dir),
             "target": args.url or "own app processes",
-            "apps": args.apps if managed else None,
+            "apps": list(args.apps) if managed else None,
             "workers": args.workers if managed else None,
             "options": attrs.asdict(
                 options,
@@ -247,6 +271,7 @@ async def _main(settings: Settings, args: argparse.Namespace, options: Options) 
         },
         "targets": report.targets(results, base),
         "ratios": report.ratios(results.values(), base),
+        "apps_scaling": report.apps_scaling(results),
         "consistent": consistent,
     }
     try:
@@ -328,6 +353,8 @@ async def _scenario(
     out_dir: Path,
     sampler: Sampler,
     say: Say,
+    *,
+    apps: int = 1,
 ) -> dict[str, Any]:
     from messaging.bench import apps as app_procs
     from messaging.bench.population import Population
@@ -342,7 +369,7 @@ async def _scenario(
             await app_procs.wait_for_stack(settings, say)
             try:
                 processes = await app_procs.start_apps(
-                    args.apps, namespace, out_dir, workers=args.workers
+                    apps, namespace, out_dir, workers=args.workers
                 )
                 break
             except RuntimeError as exc:

@@ -358,6 +358,71 @@ def phase_table(scenarios: Iterable[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _top_phases(result: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The phase that says what a run of the scenario sustains: each group size's phase, or
+    the closed-loop maximum (the first phase when there is none)."""
+    if "sizes" in result:
+        return [(f"{size['members']} members", size["phase"]) for size in result["sizes"]]
+    phases = list(result.get("phases", []))
+    top = next((p for p in phases if p["mode"] == "closed"), phases[0] if phases else None)
+    return [] if top is None else [(str(top["label"]), top)]
+
+
+def apps_scaling(scenarios: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Throughput and p99 per app-process count (``--apps 1,2,3``); empty for one count."""
+    rows: list[dict[str, Any]] = []
+    for key, result in scenarios.items():
+        for label, phase in _top_phases(result):
+            apps = {k: v for k, v in phase.get("processes", {}).items() if k.startswith("app")}
+            rows.append(
+                {
+                    "scenario": key.split("@", 1)[0],
+                    "apps": result.get("apps", 1),
+                    "phase": label,
+                    "acked_per_s": phase["acked_per_s"],
+                    "deliveries_per_s": phase["deliveries_per_s"],
+                    "ack_p99_ms": phase["send_to_ack_ms"]["p99"],
+                    "deliver_p99_ms": phase["send_to_deliver_ms"]["p99"],
+                    "app_cpu_pct": round(sum(v["cpu_pct_avg"] for v in apps.values()), 1),
+                }
+            )
+    return rows if len({row["apps"] for row in rows}) > 1 else []
+
+
+def apps_scaling_table(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        _row(
+            [
+                "scenario",
+                "phase",
+                "apps",
+                "acked/s",
+                "deliveries/s",
+                "ack p99 ms",
+                "deliver p99 ms",
+                "app CPU % (sum)",
+            ]
+        ),
+        _row(["---"] * 8),
+    ]
+    for row in rows:
+        lines.append(
+            _row(
+                [
+                    row["scenario"],
+                    row["phase"],
+                    row["apps"],
+                    _fmt(row["acked_per_s"]),
+                    _fmt(row["deliveries_per_s"]),
+                    f"{row['ack_p99_ms']:.1f}",
+                    f"{row['deliver_p99_ms']:.1f}",
+                    f"{row['app_cpu_pct']:.0f}",
+                ]
+            )
+        )
+    return lines
+
+
 def summary_markdown(report: Mapping[str, Any]) -> str:
     out: list[str] = []
     run = report["run"]
@@ -374,6 +439,11 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
     out.append("## Phases")
     out.append("")
     out.extend(phase_table(report["scenarios"].values()))
+    if report.get("apps_scaling"):
+        out.append("")
+        out.append("## Per number of app processes")
+        out.append("")
+        out.extend(apps_scaling_table(report["apps_scaling"]))
     costs = [
         (label, cost)
         for name, result in report["scenarios"].items()
@@ -546,6 +616,10 @@ def console_summary(report: Mapping[str, Any]) -> str:
     lines = ["", "=" * 100, "SUMMARY", ""]
     lines.extend(phase_table(report["scenarios"].values()))
     lines.append("")
+    if report.get("apps_scaling"):
+        lines.append("per number of app processes:")
+        lines.extend(apps_scaling_table(report["apps_scaling"]))
+        lines.append("")
     for name, result in report["scenarios"].items():
         for label, cost in _cost_parts(name, result):
             lines.append(f"cost {label}: {describe(cost)}")

@@ -88,6 +88,11 @@ class Context:
     def ws_url(self) -> str:
         return self.base_url.replace("http://", "ws://", 1) + "/v1/ws"
 
+    @property
+    def ws_urls(self) -> list[str]:
+        """Every app process's WebSocket URL: fleets spread their clients over them."""
+        return [b.replace("http://", "ws://", 1) + "/v1/ws" for b in self.base_urls]
+
     def ws_url_of(self, index: int) -> str:
         base = self.base_urls[index % len(self.base_urls)]
         return base.replace("http://", "ws://", 1) + "/v1/ws"
@@ -294,7 +299,7 @@ async def direct(ctx: Context) -> dict[str, Any]:
     chats = await ctx.population.direct_chats([(users[i], users[pairs + i]) for i in range(pairs)])
     chat_of = {u.user_id: chats[i % pairs].chat_id for i, u in enumerate(users)}
     recorder = Recorder(text_size=opts.text_size, tag=f"d{ctx.namespace.run_id}")
-    fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     members = await fleet.connect(
         users,
         lambda u: (chat_of[u.user_id],),
@@ -391,7 +396,7 @@ async def group(ctx: Context) -> dict[str, Any]:
         chosen = users[:size]
         chat = await ctx.population.group(chosen[0], chosen, f"bench group of {size}")
         recorder = Recorder(text_size=opts.text_size, tag=f"g{size}{ctx.namespace.run_id}")
-        fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+        fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
         ctx.say(f"group of {size}: connecting {size} members")
         members = await fleet.connect(
             chosen,
@@ -444,7 +449,7 @@ async def catchup(ctx: Context) -> dict[str, Any]:
     writers, reader = users[:senders], users[senders]
     chat = await ctx.population.group(writers[0], users, "bench catch-up")
     recorder = Recorder(text_size=opts.text_size, tag=f"c{ctx.namespace.run_id}")
-    fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     members = await fleet.connect(
         writers, lambda _u: (chat.chat_id,), concurrency=opts.connect_concurrency
     )
@@ -474,7 +479,7 @@ async def catchup(ctx: Context) -> dict[str, Any]:
     ctx.sampler.sample()
     _restart_totals(ctx)
     began = time.monotonic()
-    catch_fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    catch_fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     (late,) = await catch_fleet.connect([reader], lambda _u: (chat.chat_id,))
     last = 0
     deadline = began + max(60.0, opts.drain_timeout + head / 200)
@@ -708,7 +713,7 @@ async def mixed(ctx: Context) -> dict[str, Any]:
     online = [u for i, u in enumerate(users) if i not in offline]
     readers = {u.user_id for u in rng.sample(online, len(online) // 5)}
     recorder = Recorder(text_size=opts.text_size, tag=f"m{ctx.namespace.run_id}")
-    fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     members = await fleet.connect(
         online,
         lambda u: tuple(chats_of[u.user_id]),
@@ -759,7 +764,7 @@ async def mixed(ctx: Context) -> dict[str, Any]:
     late_members = await fleet.connect(
         late_users, lambda u: tuple(chats_of[u.user_id]), concurrency=opts.connect_concurrency
     )
-    waiting = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    waiting = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     waiting.members = late_members
     missing = await waiting.wait_delivered(recorder.max_sequence, opts.drain_timeout)
     catch_seconds = time.monotonic() - began

@@ -181,12 +181,14 @@ def ports(settings: Settings) -> list[Port]:
             continue
         for port, inodes in listening_sockets(text).items():
             listening.setdefault(port, set()).update(inodes)
+    # The running stack's profile: its Kafka nodes and its app tier (HAProxy on the app's port).
     wanted: list[tuple[int, str, int | None]] = [
         (port, setting, service.process.pid())
-        for service in stack.services(settings)
+        for service in stack.services(stack.recorded_profile(settings))
         for port, setting in service.ports()
     ]
-    wanted.append((settings.port, env_var("port"), None))
+    if settings.port not in {port for port, _, _ in wanted}:
+        wanted.append((settings.port, env_var("port"), None))
     owners = _socket_owners({i for port, _, _ in wanted for i in listening.get(port, set())})
     found = []
     for port, setting, stack_pid in wanted:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import attrs
 
+from messaging.devstack.apps import App, HAProxy
 from messaging.devstack.process import ManagedProcess, StackError, ensure_port_free
 from messaging.devstack.services import (
     DynamoEmulator,
@@ -42,7 +43,22 @@ def services(settings: Settings) -> list[Service]:
             for n in range(1, settings.stack_kafka_brokers + 1)
         ),
         Toxiproxy(settings, proc("toxiproxy")),
+        *app_tier(settings),
     ]
+
+
+def app_tier(settings: Settings) -> list[Service]:
+    """The app processes and HAProxy of ``stack up --apps N`` (none when N is 0)."""
+    if settings.stack_apps < 1:
+        return []
+    run_dir = settings.stack_dir / "run"
+    log_dir = settings.stack_dir / "logs"
+    tier: list[Service] = [
+        App(settings, ManagedProcess(f"app-{n}", run_dir, log_dir), n)
+        for n in range(1, settings.stack_apps + 1)
+    ]
+    tier.append(HAProxy(settings, ManagedProcess("haproxy", run_dir, log_dir), settings.stack_apps))
+    return tier
 
 
 def _wait_ready(service: Service, say: Say, timeout: float = READY_TIMEOUT_SECONDS) -> None:
@@ -69,17 +85,29 @@ def _wait_ready(service: Service, say: Say, timeout: float = READY_TIMEOUT_SECON
 
 
 PROFILE_FILE = "kafka-brokers"
+APPS_FILE = "apps"
+
+
+def _recorded(settings: Settings, name: str) -> int | None:
+    try:
+        return int((settings.stack_dir / name).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def recorded_profile(settings: Settings) -> Settings:
     """The settings with the Kafka node count of the stack that runs (``up`` records it), so
     that ``status``, ``down`` and ``logs`` see every node whatever the environment says."""
-    path = settings.stack_dir / PROFILE_FILE
-    try:
-        brokers = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return settings
-    return attrs.evolve(settings, stack_kafka_brokers=brokers)
+    brokers = _recorded(settings, PROFILE_FILE)
+    if brokers is not None:
+        settings = attrs.evolve(settings, stack_kafka_brokers=brokers)
+    return recorded_apps(settings)
+
+
+def recorded_apps(settings: Settings) -> Settings:
+    """The settings with the app tier's size as ``stack up --apps N`` recorded it."""
+    apps = _recorded(settings, APPS_FILE)
+    return settings if apps is None else attrs.evolve(settings, stack_apps=apps)
 
 
 def up(settings: Settings, say: Say = print) -> None:
@@ -94,7 +122,7 @@ def up(settings: Settings, say: Say = print) -> None:
         )
     (settings.stack_dir / PROFILE_FILE).write_text(f"{settings.stack_kafka_brokers}\n")
     todo: list[Service] = []
-    for service in services(settings):
+    for service in services(attrs.evolve(settings, stack_apps=0)):
         pid = service.process.pid()
         if pid is not None:
             say(f"{service.name}: already running (pid {pid}) at {service.address()}")
@@ -124,7 +152,67 @@ def up(settings: Settings, say: Say = print) -> None:
                 say(f"kafka: created topics {', '.join(created)}")
     if todo:
         stage(say, "stack start", started)
+    up_apps(settings, say)
     say(f"stack up; state and logs in {settings.stack_dir.resolve()}")
+
+
+def up_apps(settings: Settings, say: Say = print) -> None:
+    """Start the app tier of ``settings.stack_apps`` processes behind HAProxy (after the
+    services are up); a tier of another size is stopped first, 0 stops it."""
+    running = recorded_apps(attrs.evolve(settings, stack_apps=0)).stack_apps
+    if running not in (0, settings.stack_apps):
+        for service in reversed(app_tier(attrs.evolve(settings, stack_apps=running))):
+            if service.process.stop():
+                say(f"{service.name}: stopped")
+    settings.stack_dir.mkdir(parents=True, exist_ok=True)
+    (settings.stack_dir / APPS_FILE).write_text(f"{settings.stack_apps}\n")
+    tier = app_tier(settings)
+    if not tier:
+        return
+    _ensure_tables(settings, say)
+    todo = []
+    for service in tier:
+        pid = service.process.pid()
+        if pid is not None:
+            say(f"{service.name}: already running (pid {pid}) at {service.address()}")
+            continue
+        service.prepare(say)
+        todo.append(service)
+    for service in todo:
+        for port, setting in service.ports():
+            ensure_port_free(port, setting)
+    started = time.monotonic()
+    apps = [s for s in todo if isinstance(s, App)]
+    for service in apps:
+        say(f"{service.name}: starting on {service.address()}")
+        service.start()
+    for service in apps:
+        _wait_ready(service, say)
+    for service in todo:
+        if isinstance(service, HAProxy):
+            say(f"{service.name}: starting on {service.address()} ({service.config_file})")
+            service.start()
+            _wait_ready(service, say)
+    if todo:
+        stage(say, "app tier start", started)
+    say(f"serving http://{settings.host}:{settings.port}/ through HAProxy to {len(tier) - 1} apps")
+
+
+def _ensure_tables(settings: Settings, say: Say) -> None:
+    import asyncio
+
+    from messaging.infra.dynamodb import open_dynamo
+    from messaging.infra.schema import ensure_tables
+
+    async def run() -> list[str]:
+        async with open_dynamo(
+            settings.dynamodb_endpoint, settings.aws_region, client=settings.dynamodb_client
+        ) as client:
+            return await ensure_tables(client, settings.table_prefix)
+
+    created = asyncio.run(run())
+    if created:
+        say(f"tables: created {', '.join(created)}")
 
 
 def down(settings: Settings, say: Say = print) -> None:
@@ -133,10 +221,13 @@ def down(settings: Settings, say: Say = print) -> None:
             say(f"{service.name}: stopped")
         else:
             say(f"{service.name}: not running")
+    # The app tier is not part of the next plain `stack up` (`make run` serves one process).
+    (settings.stack_dir / APPS_FILE).unlink(missing_ok=True)
 
 
 def status(settings: Settings, say: Say = print) -> bool:
-    """Print each service's address and health; True when all are healthy."""
+    """Print each service's address and health (an app: its open sockets too); True when all
+    are healthy."""
     healthy = True
     say(f"{'service':<10} {'address':<28} {'pid':<8} health")
     for service in services(settings):
@@ -148,6 +239,9 @@ def status(settings: Settings, say: Say = print) -> bool:
             problem = service.health()
             state = "ok" if problem is None else f"unhealthy: {problem}"
             healthy = healthy and problem is None
+            if isinstance(service, App):
+                sockets = service.connections()
+                state += f", {'?' if sockets is None else sockets} sockets"
         say(f"{service.name:<10} {service.address():<28} {pid or '-':<8} {state}")
     return healthy
 

@@ -138,6 +138,18 @@ function senderName(userId) {
 
 // ------------------------------------------------------------------ login
 
+// Which app process answers: behind HAProxy (`messaging stack up --apps N`) a reconnect after
+// a drain or a crash lands on another one. /healthz names the process that answered it.
+async function showServedBy() {
+  try {
+    const answer = await fetch("/healthz", { cache: "no-store" });
+    const body = await answer.json();
+    $("served-by").textContent = `served by ${body.instance}`;
+  } catch {
+    $("served-by").textContent = "served by: no answer";
+  }
+}
+
 function showLogin(message = "") {
   $("app-view").hidden = true;
   $("conn").hidden = true;
@@ -248,6 +260,7 @@ function startApp(fromLogin = false) {
   client.addEventListener("state", (e) => showConnection(e.detail));
   client.addEventListener("ready", (e) => {
     $("reconnects").textContent = String(e.detail.reconnects);
+    void showServedBy();
   });
   client.addEventListener("message", (e) => onMessage(e.detail.message, e.detail.replay));
   client.addEventListener("send", (e) => onSend(e.detail.send));
@@ -877,6 +890,7 @@ function init() {
     localStorage.removeItem(SESSION_KEY);
     showLogin();
   }
+  void showServedBy();
 }
 
 init();
