@@ -173,7 +173,7 @@ class Lab:
             key = f"app:{app.name}"
             if state == "down" and not app.busy:
                 self.open_window(key, f"{app.name} down")
-            elif state == "ok":
+            elif state == "ok" and app.alive and not app.busy:  # not a probe from before a kill
                 self.close_window(key)
             self.app_samples[app.name] = {
                 "name": app.name,

@@ -175,10 +175,11 @@ function drawChart(state) {
   const W = 720, H = 220, L = 40, R = 44, T = 10, B = 22;
   const series = state.series;
   const now = state.now;
-  const span = 120;
+  const span = Math.min(120, Math.max(30, Math.ceil(now / 10) * 10));
   const t0 = Math.max(0, now - span);
   const x = (t) => L + ((t - t0) / span) * (W - L - R);
   const nodes = [];
+  let labelRow = 0;
   for (const w of state.windows) {
     const end = w.end == null ? now : w.end;
     if (end < t0) continue;
@@ -189,7 +190,7 @@ function drawChart(state) {
     title.textContent = w.label;
     rect.appendChild(title);
     nodes.push(rect);
-    const label = el('text', { x: x0 + 2, y: T + 11, 'font-size': 10, fill: '#c62828' });
+    const label = el('text', { x: x0 + 2, y: T + 11 + 12 * (labelRow++ % 3), 'font-size': 10, fill: '#c62828' });
     label.textContent = w.label;
     nodes.push(label);
   }
@@ -209,7 +210,7 @@ function drawChart(state) {
   axis('0', L - 3, H - B, 'end');
   axis(`${Math.round(msMax)} ms`, W - R + 3, T + 8, 'start');
   axis(`-${span}s`, L, H - 6, 'start');
-  axis('now', W - R, H - 6, 'end');
+  axis(now >= span ? 'now' : `+${span}s`, W - R, H - 6, 'end');
   const line = (key, y, color) => {
     const pts = visible.filter((p) => p[key] != null).map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`);
     if (pts.length > 1) nodes.push(el('polyline', { points: pts.join(' '), fill: 'none', stroke: color, 'stroke-width': 1.8 }));
