@@ -177,3 +177,52 @@ async def test_kill_an_app_process_from_the_page_and_check(
 async def _deliveries(console: Console) -> int:
     traffic = (await console.state())["traffic"]
     return int(traffic["deliveries"])
+
+
+async def test_the_console_arms_a_fault_point_slows_and_cuts_paths_and_checks_clean(
+    console: Console,
+) -> None:
+    """The console's other process and network faults, through its API as the page sends them
+    (token from the page): arm ``after_persist`` (the process dies with a message persisted and
+    unanswered), restart it, slow then cut one process's store path, heal; Check is clean and
+    every fault has its window."""
+    async with httpx.AsyncClient(base_url=console.url, timeout=30, trust_env=False) as http:
+        page = (await http.get("/lab")).text
+        token = page.split('name="lab-token" content="', 1)[1].split('"', 1)[0]
+
+        async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            answer = await http.post(path, json=body, headers={"X-Lab-Token": token})
+            assert answer.status_code == 200, answer.text
+            result: dict[str, Any] = answer.json()
+            return result
+
+        state = await console.state()
+        first, second = (app["name"] for app in state["apps"])
+        await post("/lab/api/traffic", {"action": "start", "rate": 15, "seconds": 60})
+        await wait_until(lambda: _deliveries(console), 20, 20, "deliveries before the faults")
+
+        await post("/lab/api/fault", {"action": "arm", "app": first, "point": "after_persist"})
+        await wait_until(lambda: _down(console, first), 0, 10, f"{first} dying at its next send")
+        await post("/lab/api/fault", {"action": "restart", "app": first})
+        for action in ("slow", "cut"):
+            await post("/lab/api/fault", {"action": action, "app": second, "path": "dynamodb"})
+            await asyncio.sleep(3)
+            await post("/lab/api/fault", {"action": "heal", "app": second, "path": "dynamodb"})
+        await asyncio.sleep(2)
+        await post("/lab/api/check", {})
+        deadline = time.monotonic() + 60
+        while (state := await console.state())["checking"] or state["check"] is None:
+            assert time.monotonic() < deadline, "the check did not finish in 60 s"
+            await asyncio.sleep(0.5)
+    assert state["check"]["ok"], state["check"]
+    labels = [w["label"] for w in state["windows"]]
+    assert any("after_persist" in label for label in labels), labels
+    assert any(label == f"{first} down" for label in labels), labels
+    assert f"slow {second}-dynamodb" in labels, labels
+    assert f"cut {second}-dynamodb" in labels, labels
+    assert all(w["end"] is not None for w in state["windows"]), state["windows"]
+
+
+async def _down(console: Console, name: str) -> int:
+    apps = (await console.state())["apps"]
+    return sum(1 for app in apps if app["name"] == name and app["health"] == "down")

@@ -113,6 +113,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
+    logging.getLogger("messaging.client").setLevel(logging.WARNING)  # every retried frame
 
     def say(line: str) -> None:
         print(line, flush=True)
