@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help prereqs venv run test stack-up stack-down stack-status doctor lint typecheck unit lock clean
+.PHONY: help prereqs venv run lab test stack-up stack-down stack-status doctor lint typecheck unit lock clean
 
 help:
 	@echo "make run    - install missing system packages, venv, local stack up, db init, serve on http://127.0.0.1:8000"
+	@echo "make lab    - the local stack up, then the lab console on http://127.0.0.1:8010/lab (docs/lab.md)"
 	@echo "make test   - the same (plus Chromium), then lint-imports, ruff, mypy, hadolint, pip-audit and pytest"
 	@echo "make stack-down - stop Kafka, the DynamoDB API emulator and Redis"
 	@echo "make doctor - what is installed, which ports are taken and by whom, caches and logs"
@@ -48,6 +49,9 @@ run: stack-up
 	@$(BIN)/messaging db init
 	@echo "== serve: http://$${MESSAGING_HOST:-127.0.0.1}:$${MESSAGING_PORT:-8000}/ (Ctrl-C stops the app, make stack-down the stack)"
 	@$(BIN)/messaging serve
+
+lab: stack-up
+	@$(BIN)/messaging lab
 
 lint: venv
 	$(BIN)/lint-imports
