@@ -128,3 +128,12 @@ def test_the_plan_is_bounded() -> None:
     ):
         with pytest.raises(PlanError):
             Plan.parse(bad)
+
+
+async def test_another_host_name_is_refused(tmp_path: Path) -> None:
+    """DNS rebinding: a page of evil.example resolved to 127.0.0.1 reads nothing."""
+    async with _console(tmp_path) as console:
+        answer = await console.get("/lab", headers={"Host": "evil.example:8010"})
+        assert answer.status_code == 400
+        assert TOKEN not in answer.text
+        assert (await console.get("/lab", headers={"Host": "localhost:8010"})).status_code == 200

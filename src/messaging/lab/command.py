@@ -21,7 +21,7 @@ import httpx
 
 from messaging.bench.apps import Namespace, app_env, cleanup, prepare, wait_for_stack
 from messaging.devstack.toxiproxy import Toxiproxy
-from messaging.lab.console import Lab, create_lab_app
+from messaging.lab.console import LOCAL_HOSTS, Lab, create_lab_app
 from messaging.lab.processes import LabApp
 from messaging.settings import Settings
 
@@ -127,7 +127,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             say=say,
         )
 
-    app = create_lab_app(factory)
+    app = create_lab_app(factory, hosts=sorted({args.host, *LOCAL_HOSTS}))
     say(f"lab console: http://{args.host}:{args.port}/lab")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
     return 0

@@ -26,6 +26,8 @@ from typing import Any
 import attrs
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -497,10 +499,18 @@ def _json(body: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
 def create_lab_app(
-    lab_factory: Callable[[], AsyncIterator[Lab]], *, token: str | None = None
+    lab_factory: Callable[[], AsyncIterator[Lab]],
+    *,
+    token: str | None = None,
+    hosts: Sequence[str] = LOCAL_HOSTS,
 ) -> Starlette:
-    """The console's app; ``lab_factory`` is an async generator yielding the running lab."""
+    """The console's app; ``lab_factory`` is an async generator yielding the running lab.
+    Requests naming another ``Host`` are refused (400): a page of another site whose name was
+    made to resolve to this machine (DNS rebinding) would otherwise be same-origin with it."""
     token = token or secrets.token_urlsafe(24)
     page = (resources.files(PACKAGE) / "static" / "lab.html").read_text()
     page = page.replace("{{TOKEN}}", token)
@@ -576,4 +586,5 @@ def create_lab_app(
             Mount("/lab/static", app=_StaticFiles(packages=[(PACKAGE, "static")])),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))],
     )
