@@ -179,12 +179,13 @@ async def _deliveries(console: Console) -> int:
     return int(traffic["deliveries"])
 
 
-async def test_the_console_arms_a_fault_point_slows_and_cuts_paths_and_checks_clean(
+async def test_the_console_arms_stalls_slows_and_cuts_and_checks_clean(
     console: Console,
 ) -> None:
     """The console's other process and network faults, through its API as the page sends them
     (token from the page): arm ``after_persist`` (the process dies with a message persisted and
-    unanswered), restart it, slow then cut one process's store path, heal; Check is clean and
+    unanswered), restart it, pause a client's reading, slow then cut one process's store path,
+    heal; Check is clean and
     every fault has its window."""
     async with httpx.AsyncClient(base_url=console.url, timeout=30, trust_env=False) as http:
         page = (await http.get("/lab")).text
@@ -204,6 +205,7 @@ async def test_the_console_arms_a_fault_point_slows_and_cuts_paths_and_checks_cl
         await post("/lab/api/fault", {"action": "arm", "app": first, "point": "after_persist"})
         await wait_until(lambda: _down(console, first), 0, 10, f"{first} dying at its next send")
         await post("/lab/api/fault", {"action": "restart", "app": first})
+        await post("/lab/api/fault", {"action": "stall", "seconds": 3})
         for action in ("slow", "cut"):
             await post("/lab/api/fault", {"action": action, "app": second, "path": "dynamodb"})
             await asyncio.sleep(3)
@@ -220,6 +222,7 @@ async def test_the_console_arms_a_fault_point_slows_and_cuts_paths_and_checks_cl
     assert any(label == f"{first} down" for label in labels), labels
     assert f"slow {second}-dynamodb" in labels, labels
     assert f"cut {second}-dynamodb" in labels, labels
+    assert any(label.startswith("stall client") for label in labels), labels
     assert all(w["end"] is not None for w in state["windows"]), state["windows"]
 
 

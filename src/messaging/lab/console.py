@@ -101,6 +101,8 @@ class Lab:
         self._last_sample = time.monotonic()
         self._last_recorder = (0, 0)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stalls: set[asyncio.Task[None]] = set()
+        self._stalled = 0
         self._http = httpx.AsyncClient(timeout=1.5, trust_env=False)
 
     # ------------------------------------------------------------ lifecycle
@@ -112,7 +114,7 @@ class Lab:
         ]
 
     async def close(self) -> None:
-        tasks = [*self._tasks, self._traffic_task, self._check_task]
+        tasks = [*self._tasks, *self._stalls, self._traffic_task, self._check_task]
         for task in tasks:
             if task is not None:
                 task.cancel()
@@ -350,6 +352,7 @@ class Lab:
             "cut": self._cut,
             "slow": self._slow,
             "heal": self._heal,
+            "stall": self._stall,
         }
         handler = handlers.get(str(action))
         if handler is None:
@@ -453,6 +456,40 @@ class Lab:
         self.path_faults.pop(path.name, None)
         self.close_window(f"path:{path.name}")
         return f"healed {path.name}"
+
+    async def _stall(self, body: dict[str, Any]) -> str:
+        """Pause one client's reading for ``seconds`` (the nemesis's ``stall``, the slow-client
+        scenario's ``pause_reading``): its socket buffers and the server's outbound queue fill."""
+        traffic = self.traffic
+        if traffic is None or not traffic.members:
+            raise ActionError("no client to pause: start the generator first")
+        seconds = body.get("seconds", 10)
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not 1 <= seconds <= 60
+        ):
+            raise ActionError("seconds: expected 1 to 60")
+        member = traffic.members[self._stalled % len(traffic.members)]
+        self._stalled += 1
+        client = member.client
+        name = f"client {member.user.index} ({member.chats[0][:10]}...)"
+        key = f"stall:{self._stalled}"
+        self.open_window(key, f"stall {name}")
+
+        async def stall() -> None:
+            client.pause_reading()
+            try:
+                await asyncio.sleep(float(seconds))
+            finally:
+                client.resume_reading()
+                self.close_window(key)
+                self.note(f"{name} reads again")
+
+        task = asyncio.create_task(stall(), name=f"lab-{key}")
+        self._stalls.add(task)
+        task.add_done_callback(self._stalls.discard)
+        return f"paused the reading of {name} for {seconds:g} s"
 
 
 class ActionError(Exception):

@@ -161,6 +161,7 @@ function drawFigures(state) {
   $('traffic-start').disabled = !!(t && (t.phase === 'running' || t.phase === 'preparing'));
   $('traffic-stop').disabled = !(t && (t.phase === 'running' || t.phase === 'preparing'));
   $('check').disabled = state.checking || !t;
+  $('stall').disabled = !(t && t.phase === 'running');
   if (t && t.error) $('error').textContent = 'traffic: ' + t.error;
 }
 
@@ -302,6 +303,7 @@ $('traffic-form').addEventListener('submit', (event) => {
   });
 });
 $('traffic-stop').addEventListener('click', () => post('/lab/api/traffic', { action: 'stop' }));
+$('stall').addEventListener('click', () => post('/lab/api/fault', { action: 'stall', seconds: 10 }));
 $('check').addEventListener('click', () => post('/lab/api/check', {}));
 $('flushall').addEventListener('click', () => post('/lab/api/fault', { action: 'flushall' }));
 $('arm').addEventListener('click', () => post('/lab/api/fault', { action: 'arm', app: $('point-app').value, point: $('point').value }));
