@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help prereqs venv run test stack-up stack-down stack-status doctor lint typecheck unit lock clean
+.PHONY: help prereqs venv run lab test stack-up stack-down stack-status doctor lint typecheck unit lock clean
 
 help:
 	@echo "make run    - install missing system packages, venv, local stack up, db init, serve on http://127.0.0.1:8000"
 	@echo "              (APPS=3 make run: three app processes behind HAProxy on that address)"
+	@echo "make lab    - the local stack up, then the lab console on http://127.0.0.1:8010/lab (docs/lab.md)"
 	@echo "make test   - the same (plus Chromium), then lint-imports, ruff, mypy, hadolint, pip-audit and pytest"
 	@echo "make stack-down - stop Kafka, the DynamoDB API emulator and Redis"
 	@echo "make doctor - what is installed, which ports are taken and by whom, caches and logs"
@@ -56,6 +57,9 @@ else
 	@$(BIN)/messaging stack up --apps $(APPS)
 	@echo "== serve: http://$${MESSAGING_HOST:-127.0.0.1}:$${MESSAGING_PORT:-8000}/ through HAProxy to $(APPS) app processes (messaging stack status lists them; messaging stack up --apps 0 stops them, make stack-down everything)"
 endif
+
+lab: stack-up
+	@$(BIN)/messaging lab
 
 lint: venv
 	$(BIN)/lint-imports

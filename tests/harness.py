@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from messaging.devstack.faults import sigkill
+
 ARTIFACTS = Path(os.environ.get("MESSAGING_TEST_ARTIFACTS", "test-artifacts"))
 
 
@@ -95,6 +97,4 @@ class AppProcess:
             return self.proc.wait()
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        sigkill(self.proc)

@@ -467,6 +467,8 @@ def _routes(settings: Settings, metrics: Metrics, faults: ProcessFaults | None) 
     ]
     if faults is not None:
         routes.extend(fault_routes.routes(faults))
+    if not settings.is_production:  # where the fault hooks are allowed (ADR 0032)
+        routes.extend(pages.lab_routes())
     return routes
 
 

@@ -1,4 +1,5 @@
-"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``, ``doctor``.
+"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``, ``doctor``,
+``bench``, ``lab``.
 
 Settings are read and validated once, here, before anything starts; a bad value ends the
 command with exit code 2 and a message naming the variable.
@@ -66,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     from messaging.bench import command as bench
 
     bench.configure(commands.add_parser("bench", help="load scenarios and baselines"))
+
+    from messaging.lab import command as lab
+
+    lab.configure(
+        commands.add_parser(
+            "lab", help="the lab console: break the system from the browser (not in production)"
+        )
+    )
     return parser
 
 
@@ -93,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from messaging.bench import command as bench
 
         return bench.run(settings, args)
+    if args.command == "lab":
+        from messaging.lab import command as lab
+
+        return lab.run(settings, args)
     raise AssertionError(args.command)
 
 

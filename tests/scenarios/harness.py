@@ -33,10 +33,10 @@ import attrs
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from redis.asyncio import Redis
 
 from messaging.client import ChatClient, ClientOptions, History, RestClient, SendResult
 from messaging.client.checker import ChatView, Report, ViewEntry, check, view_of
+from messaging.devstack.faults import arm_fault_point, flush_redis
 from messaging.devstack.stack import start_service, stop_service
 from messaging.domain.model import Message
 from messaging.protocol.wire import decode_event
@@ -122,9 +122,7 @@ class App(AppProcess):
 
     async def arm(self, point: str) -> None:
         """Arm a fault point: the process SIGKILLs itself the next time it passes it."""
-        async with httpx.AsyncClient(timeout=10) as http:
-            answer = await http.post(self.base_url + "/v1/test/faults", json={"point": point})
-        assert answer.status_code == 200, answer.text
+        await arm_fault_point(self.base_url, point)
         self.armed.add(point)
 
     async def wait_dead(self, seconds: float) -> bool:
@@ -400,8 +398,7 @@ class Scenario:
 
     async def flush_redis(self) -> None:
         self.note("FLUSHALL redis")
-        async with Redis.from_url(self.settings.redis_url) as redis:
-            await redis.flushall()
+        await flush_redis(self.settings.redis_url)
 
     # ------------------------------------------------------------ waiting and checking
 

@@ -158,3 +158,43 @@ async def test_a_process_cut_from_redis_reports_it_and_loses_nothing(network: Ne
     await scenario.settle_sends()
     await scenario.converge(seconds=45)
     await scenario.final_check()
+
+
+SLOW_MILLIS = 500
+"""The lab console's "Slow 500 ms" (ADR 0032): the same toxic, through the same client."""
+
+
+async def test_a_slow_store_path_delays_sends_and_loses_nothing(network: Network) -> None:
+    """Process a's path to the DynamoDB API slowed by 500 ms (with jitter) both ways under
+    traffic: a send on a is slower by at least that much, yet acknowledged (latency, not an
+    outage: below the store deadline nothing fails); after healing every send settles, members
+    converge without help and the checker passes."""
+    scenario = network.scenario
+    a, _ = network.apps
+    members = await population(scenario)
+    sender, peer = await login(a), await login(a)
+    chat_id = await direct_chat(a, sender, peer)
+    probe = await authed(a, sender)
+    traffic = Traffic(members, random.Random(32)).start()
+    try:
+        await asyncio.sleep(2.0)
+        await network.proxy.latency(a.paths["dynamodb"], SLOW_MILLIS, SLOW_MILLIS // 5)
+        scenario.note(f"a's DynamoDB path slowed by {SLOW_MILLIS} ms")
+        started = time.monotonic()
+        await probe.send(
+            {"type": "send_message", "chat_id": chat_id, "client_message_id": "s1", "text": "slow"}
+        )
+        answer = await _answer(probe, 30.0)
+        took = time.monotonic() - started
+        scenario.note(f"probe answered {answer['type']} after {took:.2f}s")
+        await asyncio.sleep(4.0)
+        await network.proxy.heal(a.paths["dynamodb"])
+        scenario.note("healed")
+        await asyncio.sleep(2.0)
+    finally:
+        await traffic.stop()
+    assert answer["type"] == "send_ack", answer
+    assert took >= SLOW_MILLIS / 1000, f"the probe took {took:.2f}s: the path was not slowed"
+    await scenario.settle_sends()
+    await scenario.converge(seconds=45)
+    await scenario.final_check()

@@ -51,3 +51,15 @@ def routes() -> list[Route | Mount]:
         Route("/", page, methods=["GET"], include_in_schema=False),
         Mount("/static", app=_StaticFiles(packages=[(PACKAGE, STATIC_DIR)]), name="static"),
     ]
+
+
+def lab_routes() -> list[Route]:
+    """``GET /lab``: where the lab console is (``messaging lab``, its own process; ADR 0032).
+    The composition root mounts it only outside production, where the fault hooks are allowed:
+    with ``MESSAGING_ENV=production`` ``/lab`` answers 404 like any unknown path."""
+    pointer = (resources.files(PACKAGE) / STATIC_DIR / "lab.html").read_bytes()
+
+    async def lab(_: Request) -> Response:
+        return Response(pointer, media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+
+    return [Route("/lab", lab, methods=["GET"], include_in_schema=False)]
