@@ -127,6 +127,20 @@ class Settings:
     def is_production(self) -> bool:
         return self.env == "production"
 
+    @property
+    def kafka_dead_letter_topic(self) -> str:
+        """Where the fanout parks records it can never deliver (ADR 0030): one partition, so
+        that an offset names one dead letter."""
+        return f"{self.kafka_messages_topic}.dlq"
+
+    @property
+    def kafka_topics(self) -> dict[str, int]:
+        """The app's topics and their partition counts, created by the stack and fixtures."""
+        return {
+            self.kafka_messages_topic: self.kafka_messages_partitions,
+            self.kafka_dead_letter_topic: 1,
+        }
+
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:

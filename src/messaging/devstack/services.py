@@ -324,8 +324,7 @@ class Kafka:
         return asyncio.run(kafka_probe(self.address()))
 
     def create_topics(self) -> list[str]:
-        topics = {self.settings.kafka_messages_topic: self.settings.kafka_messages_partitions}
-        return asyncio.run(kafka_create_topics(self.address(), topics))
+        return asyncio.run(kafka_create_topics(self.address(), self.settings.kafka_topics))
 
 
 def kafka_port(settings: Settings, node: int) -> int:
