@@ -141,13 +141,16 @@ class App(AppProcess):
         except httpx.HTTPError:
             return False
 
-    async def metric(self, name: str) -> float:
-        """The sum of a metric's samples (0 when absent)."""
+    async def metric(self, name: str, labels: str = "") -> float:
+        """The sum of a metric's samples (0 when absent), of those whose labels contain
+        ``labels`` (e.g. ``'path="sweep"'``) if given."""
         async with httpx.AsyncClient(timeout=10) as http:
             text = (await http.get(self.base_url + "/metrics")).text
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+                if labels and labels not in line.rsplit(" ", 1)[0]:
+                    continue
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
