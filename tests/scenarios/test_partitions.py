@@ -158,3 +158,49 @@ async def test_a_process_cut_from_redis_reports_it_and_loses_nothing(network: Ne
     await scenario.settle_sends()
     await scenario.converge(seconds=45)
     await scenario.final_check()
+
+
+HANDOFF_BOUND = 15.0
+"""After a cut of the hand-off path heals, members converge without sync within this."""
+
+
+async def test_a_one_way_cut_of_the_handoff_path_in_a_busy_group_loses_nothing(
+    network: Network,
+) -> None:
+    """A busy group chat with members on both processes. Process a's Redis path (routing and
+    the pub/sub hand-off, ADR 0007) is cut one way, a -> Redis, for 8 s: a can neither renew its
+    routes nor look routes up nor hand off, while what Redis sends it still arrives. Its routes
+    expire (TTL 3 s), so the other process stops handing a's members their messages; a's
+    consumer retries its batches. Traffic stops before healing, so no later message can fill a
+    gap: after healing, a's members must get what they missed through the mechanisms themselves
+    (a re-announces its routes, finds them lost and tells its sockets to resync; its retried
+    batches are handed off), without an explicit sync, within a bound; the checker passes."""
+    scenario = network.scenario
+    a, b = network.apps
+    members = [await scenario.member(f"m{i}", (a, b)[i % 2]) for i in range(6)]
+    await scenario.group(members[0], members[1:], "busy")
+    for member in members:
+        await member.connect()
+    traffic = Traffic(members, random.Random(33), interval=(0.02, 0.2)).start()
+    try:
+        await asyncio.sleep(2.0)
+        await network.proxy.blackhole(a.paths["redis"], stream="upstream")
+        scenario.note("a's Redis path cut one way (a -> Redis)")
+        await asyncio.sleep(8.0)
+    finally:
+        await traffic.stop()
+    scenario.note(f"traffic stopped after {traffic.sent} sends")
+    (chat_id,) = scenario.chat_members
+    head = (await scenario.heads())[chat_id]
+    missed = {m.name: head - m.chat.delivered_sequence(chat_id) for m in members if m.app is a}
+    await network.proxy.heal(a.paths["redis"])
+    healed = time.monotonic()
+    scenario.note(f"healed; a's members were behind by {missed} of {head}")
+    await scenario.settle_sends()
+    await scenario.converge(seconds=HANDOFF_BOUND)
+    took = time.monotonic() - healed
+    resyncs = sum(m.chat.stats.resyncs for m in members)
+    scenario.note(f"converged {took:.1f}s after healing ({resyncs} resync hint(s))")
+    assert any(missed.values()), "a's members missed nothing: the cut did not bite"
+    assert took <= HANDOFF_BOUND + 5, took
+    await scenario.final_check()
