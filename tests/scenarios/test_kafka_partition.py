@@ -103,18 +103,18 @@ async def test_a_process_cut_from_kafka_loses_no_acked_message_and_heals_within_
     try:
         await asyncio.sleep(2.0)
         acked_before = acked_locations(on_a)
-        await kafka_network.proxy.blackhole(a.paths["kafka"])
-        scenario.note("a cut from Kafka")
-        await asyncio.sleep(CUT_SECONDS)
-        acked_during = acked_locations(on_a) - acked_before
-        swept = await b.metric("messaging_outbox_published_total", 'path="sweep"')
-        failed = await a.metric("messaging_outbox_publish_failures_total")
-        scenario.note(
-            f"during the cut: b swept {swept:g} message(s); a's publish failures {failed:g}"
-        )
-        await kafka_network.proxy.heal(a.paths["kafka"])
+        async with scenario.fault("a cut from Kafka"):
+            await kafka_network.proxy.blackhole(a.paths["kafka"])
+            await asyncio.sleep(CUT_SECONDS)
+            acked_during = acked_locations(on_a) - acked_before
+            swept = await b.metric("messaging_outbox_published_total", 'path="sweep"')
+            failed = await a.metric("messaging_outbox_publish_failures_total")
+            scenario.note(
+                f"during the cut: b swept {swept:g} message(s); a's publish failures {failed:g}"
+            )
+            await kafka_network.proxy.heal(a.paths["kafka"])
         healed = time.monotonic()
-        scenario.note(f"healed; {len(acked_during)} sends acked on a during the cut")
+        scenario.note(f"{len(acked_during)} sends acked on a during the cut")
         await asyncio.sleep(2.0)
     finally:
         await traffic.stop()

@@ -57,16 +57,15 @@ async def test_a_process_cut_from_dynamodb_answers_sends_in_bounded_time_and_los
     traffic = Traffic(members, random.Random(28)).start()
     try:
         await asyncio.sleep(2.0)
-        await network.proxy.blackhole(a.paths["dynamodb"])
-        scenario.note("a cut from the DynamoDB API")
-        started = time.monotonic()
-        await probe.send(frame)
-        during = await _answer(probe, 60.0)
-        took = time.monotonic() - started
-        scenario.note(f"probe answered {during.get('code', during['type'])} after {took:.1f}s")
-        await asyncio.sleep(max(0.0, 8.0 - took))
-        await network.proxy.heal(a.paths["dynamodb"])
-        scenario.note("healed")
+        async with scenario.fault("a cut from the DynamoDB API"):
+            await network.proxy.blackhole(a.paths["dynamodb"])
+            started = time.monotonic()
+            await probe.send(frame)
+            during = await _answer(probe, 60.0)
+            took = time.monotonic() - started
+            scenario.note(f"probe answered {during.get('code', during['type'])} after {took:.1f}s")
+            await asyncio.sleep(max(0.0, 8.0 - took))
+            await network.proxy.heal(a.paths["dynamodb"])
         await asyncio.sleep(3.0)
     finally:
         await traffic.stop()
@@ -102,16 +101,16 @@ async def test_a_half_open_client_path_is_freed_within_the_idle_timeout_and_clie
         await asyncio.sleep(2.0)
         before = await a.metric("messaging_ws_connections")
         assert before >= 3, before
-        await network.proxy.blackhole(a.paths["client"])
-        scenario.note("a's client path half-open")
-        started = time.monotonic()
-        while time.monotonic() - started < FREED_BOUND + 10:
-            if await a.metric("messaging_ws_connections") == 0:
-                break
-            await asyncio.sleep(0.2)
-        freed = time.monotonic() - started
-        scenario.note(f"a freed its {before:g} half-open sockets after {freed:.1f}s")
-        await network.proxy.heal(a.paths["client"])
+        async with scenario.fault("a's client path half-open"):
+            await network.proxy.blackhole(a.paths["client"])
+            started = time.monotonic()
+            while time.monotonic() - started < FREED_BOUND + 10:
+                if await a.metric("messaging_ws_connections") == 0:
+                    break
+                await asyncio.sleep(0.2)
+            freed = time.monotonic() - started
+            scenario.note(f"a freed its {before:g} half-open sockets after {freed:.1f}s")
+            await network.proxy.heal(a.paths["client"])
         await asyncio.sleep(4.0)
     finally:
         await traffic.stop()
@@ -132,24 +131,24 @@ async def test_a_process_cut_from_redis_reports_it_and_loses_nothing(network: Ne
     traffic = Traffic(members, random.Random(30)).start()
     try:
         await asyncio.sleep(2.0)
-        await network.proxy.blackhole(a.paths["redis"])
-        scenario.note("a cut from Redis")
-        started = time.monotonic()
-        status, failing = 0, []
-        async with httpx.AsyncClient(timeout=READY_BOUND + 5) as http:
-            while time.monotonic() - started < 10.0:
-                asked = time.monotonic()
-                answer = await http.get(a.base_url + "/readyz")
-                answered = time.monotonic() - asked
-                status, failing = answer.status_code, answer.json()["failing"]
-                assert answered <= READY_BOUND, f"/readyz took {answered:.1f}s"
-                if status == 503:
-                    break
-                await asyncio.sleep(0.5)
-        scenario.note(f"a's /readyz: {status} {failing} after {time.monotonic() - started:.1f}s")
-        await asyncio.sleep(max(0.0, 10.0 - (time.monotonic() - started)))
-        await network.proxy.heal(a.paths["redis"])
-        scenario.note("healed")
+        async with scenario.fault("a cut from Redis"):
+            await network.proxy.blackhole(a.paths["redis"])
+            started = time.monotonic()
+            status, failing = 0, []
+            async with httpx.AsyncClient(timeout=READY_BOUND + 5) as http:
+                while time.monotonic() - started < 10.0:
+                    asked = time.monotonic()
+                    answer = await http.get(a.base_url + "/readyz")
+                    answered = time.monotonic() - asked
+                    status, failing = answer.status_code, answer.json()["failing"]
+                    assert answered <= READY_BOUND, f"/readyz took {answered:.1f}s"
+                    if status == 503:
+                        break
+                    await asyncio.sleep(0.5)
+            waited = time.monotonic() - started
+            scenario.note(f"a's /readyz: {status} {failing} after {waited:.1f}s")
+            await asyncio.sleep(max(0.0, 10.0 - (time.monotonic() - started)))
+            await network.proxy.heal(a.paths["redis"])
         await asyncio.sleep(3.0)
     finally:
         await traffic.stop()
@@ -182,20 +181,20 @@ async def test_a_one_way_cut_of_the_handoff_path_in_a_busy_group_loses_nothing(
     for member in members:
         await member.connect()
     traffic = Traffic(members, random.Random(33), interval=(0.02, 0.2)).start()
-    try:
-        await asyncio.sleep(2.0)
-        await network.proxy.blackhole(a.paths["redis"], stream="upstream")
-        scenario.note("a's Redis path cut one way (a -> Redis)")
-        await asyncio.sleep(8.0)
-    finally:
-        await traffic.stop()
-    scenario.note(f"traffic stopped after {traffic.sent} sends")
-    (chat_id,) = scenario.chat_members
-    head = (await scenario.heads())[chat_id]
-    missed = {m.name: head - m.chat.delivered_sequence(chat_id) for m in members if m.app is a}
-    await network.proxy.heal(a.paths["redis"])
+    async with scenario.fault("a -> Redis cut (hand-off path)"):
+        try:
+            await asyncio.sleep(2.0)
+            await network.proxy.blackhole(a.paths["redis"], stream="upstream")
+            await asyncio.sleep(8.0)
+        finally:
+            await traffic.stop()
+        scenario.note(f"traffic stopped after {traffic.sent} sends")
+        (chat_id,) = scenario.chat_members
+        head = (await scenario.heads())[chat_id]
+        missed = {m.name: head - m.chat.delivered_sequence(chat_id) for m in members if m.app is a}
+        await network.proxy.heal(a.paths["redis"])
     healed = time.monotonic()
-    scenario.note(f"healed; a's members were behind by {missed} of {head}")
+    scenario.note(f"a's members were behind by {missed} of {head}")
     await scenario.settle_sends()
     await scenario.converge(seconds=HANDOFF_BOUND)
     took = time.monotonic() - healed

@@ -54,7 +54,10 @@ async def test_poison_records_are_parked_with_their_place_and_their_partitions_k
     harmless: set[tuple[int, int]] = set()
     try:
         await asyncio.sleep(2.0)
-        async with open_producer(settings.kafka_bootstrap, client_id="poisoner") as producer:
+        async with (
+            scenario.fault("poison records"),
+            open_producer(settings.kafka_bootstrap, client_id="poisoner") as producer,
+        ):
             for partition in range(settings.kafka_messages_partitions):
                 for value in POISONS.values():
                     sent = await producer.send_and_wait(
