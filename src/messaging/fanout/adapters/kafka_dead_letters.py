@@ -128,7 +128,7 @@ class KafkaDeadLetterTopic:
 
     async def _partitions(self) -> list[TopicPartition]:
         if self._topic not in await self._consumer.topics():
-            raise Unavailable(f"no topic {self._topic} (is the stack's Kafka up?)")
+            raise Unavailable(f"no topic {self._topic}: `messaging stack up` creates it")
         numbers = await self._producer.partitions_for(self._topic)  # waits for its metadata
         partitions = [TopicPartition(self._topic, p) for p in sorted(numbers)]
         self._consumer.assign(partitions)
