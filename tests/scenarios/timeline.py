@@ -92,21 +92,30 @@ def draw(
     bottom.step(list(seconds), [per_second.get(s, 0) for s in seconds], where="post")
     bottom.set_ylabel("acked sends/s")
     bottom.set_xlabel("seconds")
-    for fault, recovery in zip(faults, found, strict=True):
+    many = len(faults) > 3
+    for number, (fault, recovery) in enumerate(zip(faults, found, strict=True), start=1):
         for axis in (top, bottom):
             axis.axvspan(
                 (fault.start_ms - t0) / 1000, (fault.stop_ms - t0) / 1000, color="red", alpha=0.15
             )
+        # Many windows (a nemesis run): a number on each, the names and times below the plot.
+        label = str(number) if many else f"{fault.name}\nrecovered {recovery.seconds:.1f}s after"
         top.annotate(
-            f"{fault.name}\nrecovered {recovery.seconds:.1f}s after",
+            label,
             ((fault.start_ms - t0) / 1000, 1),
             xycoords=("data", "axes fraction"),
             va="top",
-            fontsize=8,
+            fontsize=7 if many else 8,
         )
+    if many:
+        lines = [f"{n}: {r.fault} ({r.seconds:.1f}s)" for n, r in enumerate(found, start=1)]
+        columns = 3
+        rows = ["    ".join(lines[i : i + columns]) for i in range(0, len(lines), columns)]
+        fig.text(0.01, 0.0, "\n".join(rows), fontsize=7, va="bottom", family="monospace")
+        fig.set_size_inches(10, 6 + 0.15 * len(rows))
     top.legend(loc="upper right", fontsize=8)
     top.set_title(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03 * ((len(faults) + 2) // 3) if many else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)

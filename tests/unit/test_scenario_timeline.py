@@ -54,3 +54,11 @@ def test_the_timeline_is_a_png(tmp_path: Path) -> None:
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [(r.fault, r.seconds) for r in found] == [("cut", 2.0)]
+
+
+def test_a_timeline_of_many_faults_numbers_them(tmp_path: Path) -> None:
+    faults = [FaultWindow(f"cut {n}", 1_000 * n, 1_000 * n + 500) for n in range(1, 9)]
+    history = _history(*(_received(100 * n, 100 * n + 30) for n in range(100)))
+    found = draw(tmp_path / "many.png", "nemesis", {"m0": history}, faults, until_ms=20_000)
+    assert len(found) == 8
+    assert (tmp_path / "many.png").stat().st_size > 0
