@@ -49,8 +49,8 @@ from messaging.durability.config import DurabilityConfig
 from messaging.durability.ingest import IngestService
 from messaging.durability.outbox import OutboxRelay
 from messaging.durability.ports import MessagePublisher, MessageStore, Outbox
+from messaging.fanout.adapters.kafka_dead_letters import KafkaDeadLetters, KafkaDeadLetterTopic
 from messaging.fanout.adapters.kafka_events import KafkaEventSource
-from messaging.fanout.adapters.logged_dead_letters import LoggedDeadLetters
 from messaging.fanout.adapters.redis_handoff import RedisHandoff
 from messaging.fanout.adapters.redis_routing import RedisRoutes
 from messaging.fanout.consumer import FanoutConsumer
@@ -72,7 +72,7 @@ from messaging.identity.ports import (
 from messaging.identity.service import IdentityConfig, IdentityService
 from messaging.identity.tokens import JwtTokens
 from messaging.infra.dynamodb import DynamoHealth, Retrier, open_dynamo
-from messaging.infra.kafka import KafkaHealth, open_consumer, open_producer
+from messaging.infra.kafka import KafkaHealth, open_consumer, open_producer, open_reader
 from messaging.infra.redis import RedisHealth, open_redis
 from messaging.metrics import Metrics
 from messaging.protocol.delivery import LocalDelivery
@@ -252,8 +252,20 @@ async def open_adapters(
             ),
             handoff=handoff,
             receiver=handoff,
-            dead_letters=LoggedDeadLetters(settings.kafka_messages_topic),
+            dead_letters=KafkaDeadLetters(producer, settings.kafka_dead_letter_topic),
             checks=(KafkaHealth(producer), dynamo.health, RedisHealth(redis)),
+        )
+
+
+@asynccontextmanager
+async def open_dead_letter_topic(settings: Settings) -> AsyncIterator[KafkaDeadLetterTopic]:
+    """The operator's end of the dead-letter topic (``messaging dlq``, ADR 0030)."""
+    async with (
+        open_producer(settings.kafka_bootstrap, client_id="messaging-dlq") as producer,
+        open_reader(settings.kafka_bootstrap, client_id="messaging-dlq") as consumer,
+    ):
+        yield KafkaDeadLetterTopic(
+            consumer, producer, settings.kafka_dead_letter_topic, settings.kafka_messages_topic
         )
 
 

@@ -1,5 +1,5 @@
-"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``, ``doctor``,
-``bench``, ``lab``.
+"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``,
+``dlq list|replay``, ``doctor``, ``bench``, ``lab``.
 
 Settings are read and validated once, here, before anything starts; a bad value ends the
 command with exit code 2 and a message naming the variable.
@@ -59,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     db_cmds = db.add_subparsers(dest="db_command", required=True)
     db_cmds.add_parser("init", help="create missing tables (idempotent; same code as on AWS)")
 
+    dlq = commands.add_parser("dlq", help="the fanout's dead-letter topic (ADR 0030)")
+    dlq_cmds = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_cmds.add_parser("list", help="the last dead letters, oldest first")
+    dlq_list.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    replay = dlq_cmds.add_parser(
+        "replay", help="re-publish dead letters to the messages topic (undecodable ones stay)"
+    )
+    which = replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--offset", type=int, action="append", help="a dead letter's offset")
+    which.add_argument("--all", action="store_true", help="every dead letter in the topic")
+
     doctor = commands.add_parser(
         "doctor", help="what is installed, which ports are taken and by whom, caches and logs"
     )
@@ -94,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stack(settings, args)
     if args.command == "db":
         return _db_init(settings)
+    if args.command == "dlq":
+        return _dlq(settings, args)
     if args.command == "doctor":
         from messaging.devstack import doctor
 
@@ -176,3 +189,54 @@ def _db_init(settings: Settings) -> int:
     elapsed = time.monotonic() - started
     print(f"== tables: {len(created)} created, all ready ({elapsed:.1f}s)", flush=True)
     return 0
+
+
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from messaging.bootstrap import open_dead_letter_topic
+
+    if args.dlq_command == "list" and not 1 <= args.limit <= 10_000:
+        print("messaging dlq list: --limit must be from 1 to 10000", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        async with open_dead_letter_topic(settings) as topic:
+            if args.dlq_command == "list":
+                letters = await topic.list(args.limit)
+                print(f"== {len(letters)} dead letter(s) in {settings.kafka_dead_letter_topic}")
+                for letter in letters:
+                    parked = time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.parked_at_ms / 1000)
+                    )
+                    if letter.message is not None:
+                        what = f"{letter.message.chat_id}#{letter.message.sequence}"
+                    else:
+                        what = f"undecodable {len(letter.raw)} bytes {letter.raw[:40]!r}"
+                    print(
+                        f"offset {letter.offset}  parked {parked}  from partition "
+                        f"{letter.partition} offset {letter.source_offset}  {what}  "
+                        f"reason: {letter.reason}"
+                    )
+                return 0
+            done = await topic.replay(None if args.all else args.offset)
+            for letter in done.published:
+                assert letter.message is not None
+                print(
+                    f"replayed offset {letter.offset}: "
+                    f"{letter.message.chat_id}#{letter.message.sequence}"
+                )
+            for letter in done.left:
+                print(f"left offset {letter.offset}: undecodable, not replayed ({letter.reason})")
+            asked = None if args.all else set(args.offset)
+            missing = (
+                sorted(asked - {d.offset for d in (*done.published, *done.left)}) if asked else []
+            )
+            for offset in missing:
+                print(f"no dead letter at offset {offset}", file=sys.stderr)
+            print(f"== {len(done.published)} replayed, {len(done.left)} left")
+            return 1 if missing else 0
+
+    try:
+        return asyncio.run(run())
+    except Exception as exc:
+        print(f"messaging dlq {args.dlq_command}: {exc}", file=sys.stderr)
+        return 1

@@ -117,6 +117,11 @@ class Settings:
     """1, or 3 for the replicated profile (ADR 0029); node n uses the Kafka ports + 2(n-1)."""
     stack_dynamodb_port: int = 8001
     stack_redis_port: int = 6379
+    stack_kafka_proxy_listeners: tuple[tuple[int, int], ...] = ()
+    """Extra Kafka listeners for per-process fault proxies (ADR 0028), as ``LISTEN:ADVERTISED``
+    pairs (``29100:29101,29102:29103``): the broker listens on LISTEN and tells clients that
+    came in there to connect to 127.0.0.1:ADVERTISED, where a Toxiproxy path forwards to LISTEN.
+    Single-node profile only; empty (the default) adds none."""
     stack_toxiproxy_port: int = 8474
     """Toxiproxy's HTTP API: the network fault proxy of the test profile (ADR 0028)."""
     stack_apps: int = 0
@@ -130,6 +135,20 @@ class Settings:
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def kafka_dead_letter_topic(self) -> str:
+        """Where the fanout parks records it can never deliver (ADR 0030): one partition, so
+        that an offset names one dead letter."""
+        return f"{self.kafka_messages_topic}.dlq"
+
+    @property
+    def kafka_topics(self) -> dict[str, int]:
+        """The app's topics and their partition counts, created by the stack and fixtures."""
+        return {
+            self.kafka_messages_topic: self.kafka_messages_partitions,
+            self.kafka_dead_letter_topic: 1,
+        }
 
 
 def _parse_int(low: int, high: int) -> Callable[[str], int]:
@@ -214,6 +233,18 @@ def _parse_origins(raw: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _parse_port_pairs(raw: str) -> tuple[tuple[int, int], ...]:
+    pairs = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        listen, sep, advertised = item.partition(":")
+        if not sep:
+            raise ValueError(f"expected LISTEN:ADVERTISED port pairs, got {item!r}")
+        pairs.append((_PORT(listen), _PORT(advertised)))
+    return tuple(pairs)
+
+
 def _parse_endpoint(raw: str) -> str:
     raw = raw.strip()
     if raw and not raw.startswith(("http://", "https://")):
@@ -280,6 +311,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "stack_kafka_brokers": _parse_choice_int(1, 3),
     "stack_dynamodb_port": _PORT,
     "stack_redis_port": _PORT,
+    "stack_kafka_proxy_listeners": _parse_port_pairs,
     "stack_toxiproxy_port": _PORT,
     "stack_apps": _parse_int(0, 32),
     "stack_app_port": _parse_int(1, 65535 - 32),

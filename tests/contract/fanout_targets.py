@@ -11,18 +11,19 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
 import attrs
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
 from messaging.devstack.services import kafka_create_topics
 from messaging.domain.model import Message
+from messaging.fanout.adapters.kafka_dead_letters import KafkaDeadLetters, KafkaDeadLetterTopic
 from messaging.fanout.adapters.kafka_events import KafkaEventSource
 from messaging.fanout.adapters.redis_handoff import RedisHandoff
 from messaging.fanout.adapters.redis_routing import RedisRoutes
 from messaging.fanout.ports import EventSource, Handoff, RouteTable
-from messaging.infra.kafka import open_consumer, open_producer
+from messaging.infra.kafka import open_consumer, open_producer, open_reader
 from messaging.infra.redis import open_redis
-from messaging.protocol.wire import encode_event
+from messaging.protocol.wire import decode_event, encode_event
 from messaging.settings import from_env
 from tests.fakes.fanout import (
     FakeEventSource,
@@ -110,6 +111,52 @@ async def open_log(target: str) -> AsyncIterator[LogTarget]:
     await kafka_create_topics(settings.kafka_bootstrap, {topic: PARTITIONS})
     async with open_producer(settings.kafka_bootstrap, client_id="contract") as producer:
         yield KafkaLogTarget(settings.kafka_bootstrap, topic, producer)
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+@attrs.define
+class DeadLetterTarget:
+    """A private messages topic and its dead-letter topic on the stack's Kafka."""
+
+    letters: KafkaDeadLetters
+    topic: KafkaDeadLetterTopic
+    bootstrap: str
+    messages_topic: str
+
+    async def republished(self) -> list[tuple[bytes | None, Message]]:
+        """(key, message) of every record on the messages topic, in order."""
+        async with open_reader(self.bootstrap, client_id="contract") as consumer:
+            partition = TopicPartition(self.messages_topic, 0)
+            consumer.assign([partition])
+            await consumer.seek_to_beginning(partition)
+            end = (await consumer.end_offsets([partition]))[partition]
+            found: list[tuple[bytes | None, Message]] = []
+            while await consumer.position(partition) < end:
+                batch = await consumer.getmany(partition, timeout_ms=1000)
+                for record in batch.get(partition, []):
+                    assert record.value is not None
+                    found.append((record.key, decode_event(record.value)))
+            return found
+
+
+@asynccontextmanager
+async def open_dead_letter_target() -> AsyncIterator[DeadLetterTarget]:
+    settings = from_env()
+    messages = f"contract-fanout-{uuid.uuid4().hex[:8]}"
+    dlq = f"{messages}.dlq"
+    await kafka_create_topics(settings.kafka_bootstrap, {messages: 1, dlq: 1})
+    async with (
+        open_producer(settings.kafka_bootstrap, client_id="contract") as producer,
+        open_reader(settings.kafka_bootstrap, client_id="contract") as consumer,
+    ):
+        yield DeadLetterTarget(
+            KafkaDeadLetters(producer, dlq),
+            KafkaDeadLetterTopic(consumer, producer, dlq, messages),
+            settings.kafka_bootstrap,
+            messages,
+        )
 
 
 # ------------------------------------------------------------------ Redis-backed ports

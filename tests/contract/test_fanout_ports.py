@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -25,6 +27,7 @@ from tests.contract.fanout_targets import (
     LogTarget,
     RedisTarget,
     broken_routes_and_handoff,
+    open_dead_letter_target,
     open_log,
     open_redis_target,
 )
@@ -275,10 +278,54 @@ async def test_a_hand_off_reaches_the_subscribed_instance_only(shared: RedisTarg
 # ------------------------------------------------------------------ dead letters
 
 
-@pytest.mark.parametrize("target", ["fake", "logged"])
+@asynccontextmanager
+async def dead_letters(target: str) -> AsyncIterator[DeadLetters]:
+    if target == "fake":
+        yield RecordingDeadLetters()
+    elif target == "logged":
+        yield LoggedDeadLetters("t")
+    else:
+        async with open_dead_letter_target() as kafka:
+            yield kafka.letters
+
+
+@pytest.mark.parametrize("target", ["fake", "logged", "kafka"])
 async def test_parking_a_message_or_a_raw_record_returns(target: str) -> None:
-    letters: DeadLetters = RecordingDeadLetters() if target == "fake" else LoggedDeadLetters("t")
-    await letters.park(message("c", 1), 0, 12, "permanent: bad")
-    await letters.park(b"\x00garbage", 1, 13, "undecodable")
-    if isinstance(letters, RecordingDeadLetters):
-        assert [(p.partition, p.offset) for p in letters.parked] == [(0, 12), (1, 13)]
+    async with dead_letters(target) as letters:
+        await letters.park(message("c", 1), 0, 12, "permanent: bad")
+        await letters.park(b"\x00garbage", 1, 13, "undecodable")
+        if isinstance(letters, RecordingDeadLetters):
+            assert [(p.partition, p.offset) for p in letters.parked] == [(0, 12), (1, 13)]
+
+
+async def test_the_kafka_dead_letter_topic_keeps_what_was_parked_and_replays_what_decodes() -> None:
+    """ADR 0030: a parked record reads back with its bytes, source partition and offset, reason
+    and time; replay re-publishes a decodable one to the messages topic keyed by its chat and
+    leaves an undecodable one."""
+    chat = new_group_id()
+    before = int(time.time() * 1000)
+    async with open_dead_letter_target() as kafka:
+        await kafka.letters.park(message(chat, 7), 3, 1234, "permanent: InvalidInput")
+        await kafka.letters.park(b"\x00garbage", 5, 99, "undecodable: ValueError")
+        listed = await kafka.topic.list(10)
+        assert [(d.offset, d.partition, d.source_offset) for d in listed] == [
+            (0, 3, 1234),
+            (1, 5, 99),
+        ]
+        first, second = listed
+        assert first.message == message(chat, 7)
+        assert first.reason == "permanent: InvalidInput"
+        assert before <= first.parked_at_ms <= int(time.time() * 1000)
+        assert (second.message, second.raw, second.reason) == (
+            None,
+            b"\x00garbage",
+            "undecodable: ValueError",
+        )
+        assert [d.offset for d in await kafka.topic.list(1)] == [1]
+
+        one = await kafka.topic.replay([1])
+        assert (one.published, [d.offset for d in one.left]) == ((), [1])
+        done = await kafka.topic.replay(None)
+        assert [d.offset for d in done.published] == [0]
+        assert [d.offset for d in done.left] == [1]
+        assert await kafka.republished() == [(chat.encode(), message(chat, 7))]

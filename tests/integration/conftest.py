@@ -48,7 +48,7 @@ async def prepare_stack(settings: Settings) -> Settings:
         await ensure_tables(client, settings.table_prefix)
     await kafka_create_topics(
         settings.kafka_bootstrap,
-        {settings.kafka_messages_topic: settings.kafka_messages_partitions},
+        settings.kafka_topics,
     )
     return settings
 

@@ -96,7 +96,7 @@ async def isolated(
         await ensure_tables(client, settings.table_prefix)
     await kafka_create_topics(
         settings.kafka_bootstrap,
-        {settings.kafka_messages_topic: settings.kafka_messages_partitions},
+        settings.kafka_topics,
     )
     apps = [App(f"scn{RUN_ID}-iso-{n}", scenario_env(settings)) for n in ("a", "b")]
     run = Scenario(settings, apps, label=request.node.name)
@@ -135,7 +135,7 @@ async def network(
         await ensure_tables(client, settings.table_prefix)
     await kafka_create_topics(
         settings.kafka_bootstrap,
-        {settings.kafka_messages_topic: settings.kafka_messages_partitions},
+        settings.kafka_topics,
     )
     marker = request.node.get_closest_marker("app_settings")
     overrides: dict[str, str] = dict(marker.kwargs) if marker else {}

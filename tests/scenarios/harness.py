@@ -26,7 +26,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -41,7 +41,8 @@ from messaging.devstack.stack import start_service, stop_service
 from messaging.domain.model import Message
 from messaging.protocol.wire import decode_event
 from messaging.settings import Settings
-from tests.harness import AppProcess
+from tests.harness import ARTIFACTS, AppProcess
+from tests.scenarios.timeline import FaultWindow, Recovery, draw
 
 OPTIONS = ClientOptions(
     backoff_initial=0.05,
@@ -139,13 +140,16 @@ class App(AppProcess):
         except httpx.HTTPError:
             return False
 
-    async def metric(self, name: str) -> float:
-        """The sum of a metric's samples (0 when absent)."""
+    async def metric(self, name: str, labels: str = "") -> float:
+        """The sum of a metric's samples (0 when absent), of those whose labels contain
+        ``labels`` (e.g. ``'path="sweep"'``) if given."""
         async with httpx.AsyncClient(timeout=10) as http:
             text = (await http.get(self.base_url + "/metrics")).text
         total = 0.0
         for line in text.splitlines():
             if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+                if labels and labels not in line.rsplit(" ", 1)[0]:
+                    continue
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
@@ -281,6 +285,21 @@ class Scenario:
         """Lines added to every failure message (the nemesis seed, what was injected)."""
         self._rests: list[RestClient] = []
         self._began = time.monotonic()
+        self.faults: list[FaultWindow] = []
+        """Fault windows, drawn over the run's timeline by ``final_check``."""
+        self.recoveries: list[Recovery] = []
+
+    @contextlib.asynccontextmanager
+    async def fault(self, name: str) -> AsyncIterator[None]:
+        """Record a fault window: from entering (the fault is injected inside) to leaving
+        (healed). ``final_check`` draws it on the run's timeline with its recovery time."""
+        start = int(time.time() * 1000)
+        self.note(f"fault: {name}")
+        try:
+            yield
+        finally:
+            self.faults.append(FaultWindow(name, start, int(time.time() * 1000)))
+            self.note(f"healed: {name}")
 
     def note(self, what: str) -> None:
         """Record a step (shown in failure messages and in the log)."""
@@ -497,6 +516,7 @@ class Scenario:
         """Final views after an explicit ``sync()`` of every chat by every online member, then
         the checker over every history, those views and a REST read of every chat."""
         online = self.online()
+        synced_ms = int(time.time() * 1000)
         self.note("final sync")
         syncs = {
             m.name: asyncio.ensure_future(m.chat.sync(sorted(m.chats))) for m in online if m.chats
@@ -516,6 +536,8 @@ class Scenario:
                 break
             await asyncio.sleep(0.05)
         histories = {m.name: m.history for m in self.members}
+        if self.faults:
+            self._timeline(histories, synced_ms)
         views: dict[str, Mapping[str, ChatView | Iterable[ViewEntry]]] = {
             m.name: view_of(m.history, after={c: m.start_positions.get(c, 0) for c in m.chats})
             for m in self.members
@@ -526,6 +548,15 @@ class Scenario:
         if not report.ok:
             self.fail("the consistency checker found violations", [report.summary(50)])
         return report
+
+    def _timeline(self, histories: Mapping[str, History], until_ms: int) -> None:
+        """test-artifacts/timelines/<test>.png, and each fault's recovery time in the log."""
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.label)[:120]
+        path = ARTIFACTS / "timelines" / f"{name or 'scenario'}.png"
+        self.recoveries = draw(path, self.label, histories, self.faults, until_ms)
+        for recovery in self.recoveries:
+            self.note(f"{recovery.fault}: converged {recovery.seconds:.1f}s after healing")
+        self.note(f"timeline: {path}")
 
     def fail(self, what: str, details: Sequence[str]) -> None:
         lines = [f"{self.label}: {what}", *details[:40]]

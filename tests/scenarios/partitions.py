@@ -4,8 +4,9 @@ Each app process of a :class:`Network` reaches the DynamoDB API and Redis throug
 own, and its clients reach it through one more (``ws_url``), so a test can cut or degrade one
 path of one process while both ends stay up. Control calls (``/readyz``, ``/metrics``, REST
 set-up) go to the process directly, so that a cut client path does not blind the test.
-Kafka is reached directly: a broker advertises its own address in metadata, so proxying it
-needs a listener per path (the replicated-Kafka profile's work, not yet built).
+Kafka is reached directly here: a broker advertises its own address in metadata, so proxying
+it needs a listener per path; tests/scenarios/test_kafka_partition.py starts a Kafka node of
+its own with one (``MESSAGING_STACK_KAFKA_PROXY_LISTENERS``) and adds a ``kafka`` path.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ syncs and the checker runs over everything.
 
       MESSAGING_TEST_NEMESIS_SECONDS=60 .venv/bin/pytest tests/scenarios -m nemesis_long
 
+- Partitions (``test_nemesis_partitions``, part of ``make test``, and its long form with the
+  marker ``nemesis_long``): two app processes of their own whose DynamoDB, Redis and client paths
+  go through Toxiproxy (the ``network`` fixture, ADR 0028); the nemesis draws blackholes (both
+  ways, or a -> Redis only), half-open client paths and added latency with jitter on those
+  paths, besides the process and client faults; it never touches the shared stack services.
+
 - ``MESSAGING_TEST_NEMESIS_SEED=<n>`` repeats a run: the seed fixes the chats, the members, every
   traffic choice and the fault schedule (not the operating system's timing). Every failure
   message starts with the seed.
@@ -24,6 +30,7 @@ import attrs
 import httpx
 import pytest
 
+from tests.scenarios.conftest import Network
 from tests.scenarios.harness import App, Member, Scenario, Traffic, seed_from_env
 
 CHEAP_FAULTS = (
@@ -37,6 +44,26 @@ CHEAP_FAULTS = (
     "dynamodb_outage",
 )
 ALL_FAULTS = (*CHEAP_FAULTS, "kafka_restart", "redis_restart")
+NETWORK_FAULTS = (
+    "cut_dynamodb",
+    "cut_redis",
+    "cut_redis_outbound",
+    "half_open_client",
+    "slow_dynamodb",
+    "slow_redis",
+    "slow_client",
+)
+"""Faults of one path of one process, through the ``network`` fixture's proxies."""
+PARTITION_RUN_FAULTS = (
+    *NETWORK_FAULTS,
+    *NETWORK_FAULTS,  # drawn twice as often as the process and client faults
+    "kill_before_handoff",
+    "kill_after_persist",
+    "sigkill",
+    "drop",
+    "stall",
+    "offline",
+)
 STACK_FAULTS = frozenset({"redis_flush", "dynamodb_outage", "kafka_restart", "redis_restart"})
 
 
@@ -69,8 +96,13 @@ def schedule(rng: random.Random, seconds: float, kinds: tuple[str, ...]) -> list
 
 
 class Nemesis:
-    def __init__(self, scenario: Scenario, rng: random.Random) -> None:
+    def __init__(
+        self, scenario: Scenario, rng: random.Random, network: Network | None = None
+    ) -> None:
         self.scenario = scenario
+        self.network = network
+        self.busy: set[str] = set()
+        """Proxy paths with a fault on them now (healing a path removes all its faults)."""
         self.rng = rng
         self.background: list[asyncio.Task[None]] = []
         self.stopping = False
@@ -116,6 +148,35 @@ class Nemesis:
             self.background.append(asyncio.create_task(self.offline(member, fault.duration, other)))
         elif fault.kind in STACK_FAULTS:
             self.background.append(asyncio.create_task(self.stack_fault(fault)))
+        elif fault.kind in NETWORK_FAULTS and self.network is not None:
+            self.background.append(asyncio.create_task(self.path_fault(fault, self.network)))
+
+    async def path_fault(self, fault: Fault, network: Network) -> None:
+        """One fault on one path of one process for the fault's duration, then healed; skipped
+        when that path already has one."""
+        app = network.apps[fault.target % len(network.apps)]
+        what = fault.kind.split("_", 1)[1].removesuffix("_outbound")
+        path = app.paths["client" if what == "open_client" else what]
+        if path.name in self.busy:
+            self.scenario.note(f"{fault.kind} on {app.name} skipped: the path is busy")
+            return
+        self.busy.add(path.name)
+        proxy = network.proxy
+        try:
+            async with self.scenario.fault(f"{fault.kind} {app.name}"):
+                try:
+                    if fault.kind == "cut_redis_outbound":
+                        await proxy.blackhole(path, stream="upstream")
+                    elif fault.kind.startswith(("cut_", "half_open_")):
+                        await proxy.blackhole(path)
+                    else:
+                        millis = self.rng.randint(50, 400)
+                        await proxy.latency(path, millis, jitter_millis=millis // 2)
+                    await asyncio.sleep(fault.duration * 2)
+                finally:
+                    await proxy.heal(path)
+        finally:
+            self.busy.discard(path.name)
 
     async def stack_fault(self, fault: Fault) -> None:
         async with self.stack_lock:
@@ -169,7 +230,13 @@ class Nemesis:
             await app.restart()
 
 
-async def nemesis_run(scenario: Scenario, seconds: float, clients: int, kinds: tuple[str, ...]):
+async def nemesis_run(
+    scenario: Scenario,
+    seconds: float,
+    clients: int,
+    kinds: tuple[str, ...],
+    network: Network | None = None,
+) -> None:
     seed = seed_from_env()
     scenario.label = f"nemesis seed={seed} seconds={seconds:g} (MESSAGING_TEST_NEMESIS_SEED={seed})"
     print(f"\n{scenario.label}")
@@ -193,7 +260,7 @@ async def nemesis_run(scenario: Scenario, seconds: float, clients: int, kinds: t
             await member.connect()
         traffic = Traffic(members, rng, interval=(0.1, 0.6), tag="nemesis").start()
         try:
-            await Nemesis(scenario, rng).run(faults, seconds)
+            await Nemesis(scenario, rng, network).run(faults, seconds)
         finally:
             await traffic.stop()
         scenario.note(f"traffic stopped after {traffic.sent} sends")
@@ -223,3 +290,20 @@ async def test_nemesis_long(scenario: Scenario) -> None:
     """``MESSAGING_TEST_NEMESIS_SECONDS`` (default 60) of traffic from 10 clients, every fault."""
     seconds = float(os.environ.get("MESSAGING_TEST_NEMESIS_SECONDS") or 60)
     await nemesis_run(scenario, seconds=seconds, clients=10, kinds=ALL_FAULTS)
+
+
+async def test_nemesis_partitions(network: Network) -> None:
+    """About 15 s of traffic from 8 clients on two proxied processes: cuts, half-open client
+    paths and latency on their paths, with the process and client faults (``make test``)."""
+    await nemesis_run(
+        network.scenario, seconds=15.0, clients=8, kinds=PARTITION_RUN_FAULTS, network=network
+    )
+
+
+@pytest.mark.nemesis_long
+async def test_nemesis_partitions_long(network: Network) -> None:
+    """The same for ``MESSAGING_TEST_NEMESIS_SECONDS`` (default 60), 10 clients."""
+    seconds = float(os.environ.get("MESSAGING_TEST_NEMESIS_SECONDS") or 60)
+    await nemesis_run(
+        network.scenario, seconds=seconds, clients=10, kinds=PARTITION_RUN_FAULTS, network=network
+    )

@@ -67,7 +67,7 @@ async def kafka3(
         )
         await kafka_create_topics(
             settings.kafka_bootstrap,
-            {settings.kafka_messages_topic: settings.kafka_messages_partitions},
+            settings.kafka_topics,
         )
         yield settings
     finally:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Sequence
 
+import pytest
+
+from messaging.domain.errors import InvalidInput
 from messaging.domain.ids import direct_chat_id, new_group_id
 from messaging.domain.model import Membership, Message
 from messaging.fanout.service import FanoutService
@@ -109,3 +112,13 @@ async def test_a_groups_members_are_read_for_every_batch() -> None:
         tuple(sorted((ALICE, BOB))),
         tuple(sorted((ALICE, BOB, CAROL))),
     ]
+
+
+async def test_a_record_naming_no_possible_chat_fails_permanently_before_any_delivery() -> None:
+    """ADR 0030: such a record can never be fanned out; the consumer parks it."""
+    service, members, local = world()
+    chat = new_group_id()
+    members.chats[chat] = [Membership(chat_id=chat, user_id=ALICE, joined_seq=0)]
+    with pytest.raises(InvalidInput):
+        await service.fan_out([message(chat, 1), message("g_not-a-chat", 2)])
+    assert local.deliveries == []

@@ -236,7 +236,10 @@ async def prepare(settings: Settings, namespace: Namespace) -> None:
     """The run's tables (ensure_tables) and Kafka topic, on the running stack."""
     async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
         await ensure_tables(client, namespace.table_prefix)
-    await kafka_create_topics(settings.kafka_bootstrap, {namespace.topic: namespace.partitions})
+    await kafka_create_topics(
+        settings.kafka_bootstrap,
+        {namespace.topic: namespace.partitions, f"{namespace.topic}.dlq": 1},
+    )
 
 
 async def cleanup(settings: Settings, namespace: Namespace) -> list[str]:
@@ -257,7 +260,11 @@ async def cleanup(settings: Settings, namespace: Namespace) -> list[str]:
         await admin.start()
         try:
             existing = set(await admin.list_topics())
-            doomed = [t for t in (namespace.topic, namespace.baseline_topic) if t in existing]
+            doomed = [
+                t
+                for t in (namespace.topic, f"{namespace.topic}.dlq", namespace.baseline_topic)
+                if t in existing
+            ]
             if doomed:
                 await admin.delete_topics(doomed)
         finally:

@@ -229,6 +229,27 @@ class Kafka:
         return [
             (self.port, env_var("stack_kafka_port")),
             (self.controller_port, env_var("stack_kafka_controller_port")),
+            *((listen, env_var("stack_kafka_proxy_listeners")) for listen, _ in self._proxied()),
+        ]
+
+    def _proxied(self) -> tuple[tuple[int, int], ...]:
+        """The fault-proxy listeners (ADR 0028): on the single node only."""
+        return self.settings.stack_kafka_proxy_listeners if self.brokers == 1 else ()
+
+    def _listeners(self) -> list[str]:
+        """``listeners``, ``advertised.listeners`` and ``listener.security.protocol.map``."""
+        proxied = self._proxied()
+        names = [f"PROXY{n}" for n in range(1, len(proxied) + 1)]
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        listeners += [f"{name}://127.0.0.1:{p[0]}" for name, p in zip(names, proxied, strict=True)]
+        advertised = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        advertised += [f"{name}://127.0.0.1:{p[1]}" for name, p in zip(names, proxied, strict=True)]
+        protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+        protocols += [f"{name}:PLAINTEXT" for name in names]
+        return [
+            "listeners=" + ",".join([*listeners, f"CONTROLLER://127.0.0.1:{self.controller_port}"]),
+            "advertised.listeners=" + ",".join(advertised),
+            "listener.security.protocol.map=" + ",".join(protocols),
         ]
 
     def _properties(self) -> Path:
@@ -249,11 +270,8 @@ class Kafka:
                     "process.roles=broker,controller",
                     f"node.id={self.node}",
                     quorum,
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    *self._listeners(),
                     "controller.listener.names=CONTROLLER",
-                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                     "inter.broker.listener.name=PLAINTEXT",
                     f"log.dirs={self.data_dir.resolve()}",
                     "num.partitions=1",
@@ -324,8 +342,7 @@ class Kafka:
         return asyncio.run(kafka_probe(self.address()))
 
     def create_topics(self) -> list[str]:
-        topics = {self.settings.kafka_messages_topic: self.settings.kafka_messages_partitions}
-        return asyncio.run(kafka_create_topics(self.address(), topics))
+        return asyncio.run(kafka_create_topics(self.address(), self.settings.kafka_topics))
 
 
 def kafka_port(settings: Settings, node: int) -> int:

@@ -127,3 +127,27 @@ class DeadLetters(Protocol):
     async def park(
         self, record: Message | bytes, partition: int, offset: int, reason: str
     ) -> None: ...
+
+
+@attrs.frozen
+class DeadLetter:
+    """One parked record as an operator reads it back (``messaging dlq list``)."""
+
+    offset: int
+    """Its offset in the dead-letter topic (what ``messaging dlq replay --offset`` takes)."""
+    partition: int
+    """The messages topic partition it was parked from, and its offset there."""
+    source_offset: int
+    reason: str
+    parked_at_ms: int
+    raw: bytes
+    message: Message | None
+    """The decoded message, or None when the record cannot be decoded (never replayed)."""
+
+
+@attrs.frozen
+class Replayed:
+    """What a replay did: the dead letters re-published and those left (undecodable)."""
+
+    published: tuple[DeadLetter, ...]
+    left: tuple[DeadLetter, ...]

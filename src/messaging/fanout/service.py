@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 
-from messaging.domain.ids import is_direct_chat_id
+from messaging.domain.ids import check_chat_id, is_direct_chat_id
 from messaging.domain.model import Message
 from messaging.fanout.ports import Handoff
 from messaging.metrics import Metrics
@@ -69,7 +69,9 @@ class FanoutService:
         )
         by_chat: dict[str, list[Message]] = defaultdict(list)
         for message in messages:
-            by_chat[message.chat_id].append(message)
+            # A record naming no possible chat can never be fanned out: a permanent
+            # ``InvalidInput`` before anything is delivered, and the consumer parks it (ADR 0030).
+            by_chat[check_chat_id(message.chat_id)].append(message)
         # The batch's chats are resolved concurrently (bounded) and all their members' routes
         # in one lookup: one round trip per batch, not two per chat.
         limit = asyncio.Semaphore(MEMBERSHIP_READS_IN_FLIGHT)

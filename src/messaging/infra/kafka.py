@@ -66,6 +66,20 @@ async def open_consumer(
         await consumer.stop()
 
 
+@asynccontextmanager
+async def open_reader(bootstrap: str, *, client_id: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer without a group, for tools that assign partitions and read them: nothing
+    is committed, so reading changes nothing."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, client_id=client_id, enable_auto_commit=False
+    )
+    try:
+        await consumer.start()
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
 class KafkaHealth:
     """Ready when the broker answers a metadata request within the timeout."""
 

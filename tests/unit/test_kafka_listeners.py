@@ -1,0 +1,65 @@
+"""The stack's Kafka node with extra listeners for per-process fault proxies (ADR 0028): each
+``LISTEN:ADVERTISED`` pair is a listener on LISTEN that advertises 127.0.0.1:ADVERTISED."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from messaging.devstack import stack
+from messaging.devstack.services import Kafka
+from messaging.settings import Settings, SettingsError, from_env
+
+
+def _node(settings: Settings) -> Kafka:
+    (node,) = [s for s in stack.services(settings) if isinstance(s, Kafka)]
+    return node
+
+
+def _properties(settings: Settings) -> dict[str, str]:
+    text = _node(settings)._properties().read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def test_without_proxy_listeners_the_node_has_one_client_listener(tmp_path: Path) -> None:
+    props = _properties(Settings(stack_dir=tmp_path))
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+
+
+def test_each_proxy_listener_advertises_its_proxy(tmp_path: Path) -> None:
+    settings = Settings(
+        stack_dir=tmp_path, stack_kafka_proxy_listeners=((29100, 29101), (29102, 29103))
+    )
+    props = _properties(settings)
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:9092,PROXY1://127.0.0.1:29100,PROXY2://127.0.0.1:29102,"
+        "CONTROLLER://127.0.0.1:9093"
+    )
+    assert props["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:9092,PROXY1://127.0.0.1:29101,PROXY2://127.0.0.1:29103"
+    )
+    assert props["listener.security.protocol.map"] == (
+        "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXY1:PLAINTEXT,PROXY2:PLAINTEXT"
+    )
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert (29100, "MESSAGING_STACK_KAFKA_PROXY_LISTENERS") in _node(settings).ports()
+
+
+def test_the_replicated_profile_adds_no_proxy_listener(tmp_path: Path) -> None:
+    settings = Settings(
+        stack_dir=tmp_path, stack_kafka_brokers=3, stack_kafka_proxy_listeners=((29100, 29101),)
+    )
+    nodes = [s for s in stack.services(settings) if isinstance(s, Kafka)]
+    for node in nodes:
+        assert "PROXY" not in node._properties().read_text()
+
+
+def test_the_setting_takes_port_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESSAGING_STACK_KAFKA_PROXY_LISTENERS", "29100:29101, 29102:29103")
+    assert from_env().stack_kafka_proxy_listeners == ((29100, 29101), (29102, 29103))
+    monkeypatch.setenv("MESSAGING_STACK_KAFKA_PROXY_LISTENERS", "29100")
+    with pytest.raises(SettingsError, match="LISTEN:ADVERTISED"):
+        from_env()
