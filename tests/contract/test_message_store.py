@@ -283,6 +283,8 @@ async def test_a_batch_on_a_stale_head_writes_nothing(store: MessageStore) -> No
     outcome = await store.append_batch(chat.chat_id, 0, appends)
     assert outcome.head_moved
     assert not outcome.rejected
+    # The head that won, named by the failed transaction (ADR 0034): no read to retry.
+    assert outcome.head == 1
     assert await sequences(store, chat) == [1]
     assert all([await store.get_idempotency(a.record.key) is None for a in appends])
 

@@ -108,7 +108,8 @@ class InMemoryMessageStore:
             or any((chat_id, a.message.sequence) in self.messages for a in appends)
         )
         if rejected or head_moved:
-            return BatchOutcome(rejected=rejected, head_moved=head_moved)
+            seen = chat.head if chat is not None and chat.head != expected_head else None
+            return BatchOutcome(rejected=rejected, head_moved=head_moved, head=seen)
         assert chat is not None
         last = appends[-1].message
         self.chats[chat_id] = attrs.evolve(

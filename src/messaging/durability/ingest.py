@@ -42,6 +42,7 @@ from messaging.domain.errors import (
     IdempotencyKeyReused,
     MessagingError,
     NotAMember,
+    StoreUnavailable,
     Unavailable,
     chat_not_found,
 )
@@ -126,6 +127,29 @@ class IngestService:
         self._heads: OrderedDict[str, int] = OrderedDict()
 
     async def send(
+        self, *, sender_id: str, sender_device: str, chat_id: str, client_message_id: str, text: str
+    ) -> SendResult:
+        """Store one send, answered within ``append_deadline_seconds`` of its call (ADR 0034):
+        a send queued behind a slow batch, or whose reads do not answer, is refused with
+        ``store_unavailable`` at its own deadline, not after the batches ahead of it. Such a
+        send may still commit; the same ``client_message_id`` then answers it as a duplicate."""
+        deadline = self._config.append_deadline_seconds
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._send(
+                    sender_id=sender_id,
+                    sender_device=sender_device,
+                    chat_id=chat_id,
+                    client_message_id=client_message_id,
+                    text=text,
+                )
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the message store did not store the send within {deadline:g}s; "
+                "retry with the same client_message_id"
+            ) from None
+
+    async def _send(
         self, *, sender_id: str, sender_device: str, chat_id: str, client_message_id: str, text: str
     ) -> SendResult:
         check_chat_id(chat_id)
@@ -277,6 +301,11 @@ class IngestService:
                         f"chat {chat_id} is too busy: no free sequence after {attempt} "
                         "attempts; retry with the same client_message_id"
                     )
+                if outcome.head is not None and outcome.head > head:
+                    # The store named the head that won (ADR 0034): retry at once, one round
+                    # trip per attempt, so a writer with a slow store path still gets its turn.
+                    head = outcome.head
+                    continue
                 if attempt > 2:
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
                 fresh = await self._store.get_chat(chat_id)

@@ -91,6 +91,9 @@ class BatchOutcome:
 
     rejected: dict[int, AppendOutcome] = attrs.field(factory=dict)
     head_moved: bool = False
+    head: int | None = None
+    """With ``head_moved``: the chat's head as the failed transaction saw it, when the store
+    said (ADR 0034: the next attempt needs no read of its own); ``None``: re-read it."""
 
     @property
     def appended(self) -> bool:

@@ -346,6 +346,9 @@ class DynamoMessageStore:
                         ":expected": _n(expected_head),
                         ":now": _n(last.created_at_ms),
                     },
+                    # A lost race names the head that won it (ADR 0034): the next attempt
+                    # is one round trip, not a read and a write.
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             }
         ]
@@ -363,9 +366,10 @@ class DynamoMessageStore:
                     }
                 }
             )
-        codes = await self._transact("TransactWriteItems append", transaction)
-        if codes is None:
+        reasons = await self._transact("TransactWriteItems append", transaction)
+        if reasons is None:
             return BatchOutcome()
+        codes = [str(reason.get("Code") or "None") for reason in reasons]
         failed = {index for index, code in enumerate(codes) if code == "ConditionalCheckFailed"}
         rejected: dict[int, AppendOutcome] = {}
         checks = 1 + 3 * len(appends)
@@ -380,7 +384,11 @@ class DynamoMessageStore:
         head_moved = (
             not rejected or 0 in failed or any(1 + 3 * i in failed for i in range(len(appends)))
         )
-        return BatchOutcome(rejected=rejected, head_moved=head_moved)
+        head: int | None = None
+        if head_moved and 0 in failed:
+            seen = (reasons[0].get("Item") or {}).get("head", {}).get("N")
+            head = int(seen) if seen is not None else None
+        return BatchOutcome(rejected=rejected, head_moved=head_moved, head=head)
 
     def _append_items(self, message: Message, record: IdempotencyRecord) -> list[Any]:
         outbox_item = outbox_key(
@@ -418,10 +426,11 @@ class DynamoMessageStore:
             {"Put": {"TableName": self.outbox, "Item": outbox_item}},
         ]
 
-    async def _transact(self, what: str, items: list[Any]) -> list[str] | None:
+    async def _transact(self, what: str, items: list[Any]) -> list[dict[str, Any]] | None:
         """Run one ``TransactWriteItems``: ``None`` when it committed, else the cancellation
-        reason code of each item ("None" for an item that was fine). The one place that turns
-        the SDK's cancellation error into an outcome."""
+        reason of each item (``Code`` "None" for an item that was fine, ``Item`` where one
+        was asked for). The one place that turns the SDK's cancellation error into an
+        outcome."""
         try:
             await self._retry.run(
                 what, lambda: self._client.transact_write_items(TransactItems=items)
@@ -429,7 +438,8 @@ class DynamoMessageStore:
         except DynamoError as exc:
             if exc.code != "TransactionCanceledException":
                 raise refused(what, exc) from exc
-            return exc.cancellation_codes
+            reasons = exc.cancellation_reasons
+            return reasons if reasons else [{"Code": "None"} for _ in items]
         return None
 
     async def read_messages(
