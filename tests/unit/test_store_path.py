@@ -20,9 +20,10 @@ from messaging.connection.gateway import Gateway
 from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
 from messaging.connection.session import Connection, State
-from messaging.domain.errors import StoreUnavailable
+from messaging.domain.errors import StoreUnavailable, Unavailable
 from messaging.domain.ids import new_user_id
 from messaging.domain.model import Chat, SendResult
+from messaging.durability import ingest as ingest_module
 from messaging.durability.ingest import IngestService
 from messaging.durability.ports import Append, BatchOutcome
 from messaging.infra.dynamodb import StoreLatency
@@ -33,6 +34,7 @@ from messaging.protocol.delivery import RouteRegistry
 from messaging.protocol.frames import CloseCode
 from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
 from messaging.settings import Settings
+from tests.fakes.durability import InMemoryMessageStore
 from tests.unit.test_gateway_acks import HeldAcks, Sent
 from tests.unit.test_ingest import CONFIG, RacingStore, new_chat, send
 
@@ -60,6 +62,81 @@ async def test_a_lost_race_retries_at_the_head_the_store_named_without_reading_i
     assert store.head_reads == 1  # the first send's read of an unknown chat, none per race
 
 
+class SlowPath:
+    """One process's view of a shared store: every call takes ``one_way`` seconds to reach it
+    and as long to come back (the store decides in between)."""
+
+    def __init__(self, store: InMemoryMessageStore, one_way: float) -> None:
+        self._store = store
+        self._one_way = one_way
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            await asyncio.sleep(self._one_way)
+            result = await method(*args, **kwargs)
+            await asyncio.sleep(self._one_way)
+            return result
+
+        return call
+
+
+async def shares(
+    monkeypatch: pytest.MonkeyPatch, *, claims: bool, competing: bool = True
+) -> tuple[int, int]:
+    """Process a (30 ms each way to the store) and process b (1 ms) write one chat for 1.5 s,
+    each user keeping one send in flight (as a client awaiting its acks does): how many sends
+    each process stored."""
+    if not claims:
+        monkeypatch.setattr(ingest_module, "CLAIM_AFTER_LOST_RACES", 10**9)
+    shared = InMemoryMessageStore()
+    writers = [new_user_id() for _ in range(8)]
+    chat_id = await new_chat(shared, *writers)
+    config = attrs.evolve(CONFIG, append_deadline_seconds=1.0)
+    slow = IngestService(cast(Any, SlowPath(shared, 0.03)), config)
+    fast = IngestService(cast(Any, SlowPath(shared, 0.001)), config)
+    stored = {"a": 0, "b": 0}
+    stop = time.monotonic() + 1.5
+
+    async def user(service: IngestService, name: str, sender: str) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            n += 1
+            try:
+                await send(service, sender, chat_id, f"{sender}-{n}")
+                stored[name] += 1
+            except (StoreUnavailable, Unavailable):
+                pass
+
+    await asyncio.gather(
+        *(user(slow, "a", w) for w in writers[:4]),
+        *(user(fast, "b", w) for w in writers[4:] if competing),
+    )
+    assert sorted(s for (_, s) in shared.messages) == list(range(1, len(shared.messages) + 1))
+    return stored["a"], stored["b"]
+
+
+async def test_a_writer_with_a_slow_store_path_gets_a_fair_share_of_a_shared_chat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without head claims the slow process loses nearly every race (the issue's 2-3 acks
+    against 380); with them it keeps a good part of what its own path allows when alone
+    (measured: about half; asserted: over a third)."""
+    alone, _ = await shares(monkeypatch, claims=True, competing=False)
+    a, b = await shares(monkeypatch, claims=True)
+    assert a >= 0.35 * alone, (alone, a, b)
+
+
+async def test_without_head_claims_the_slow_writer_starves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The mechanism switched off: the same load starves process a (the test above fails)."""
+    alone, _ = await shares(monkeypatch, claims=False, competing=False)
+    a, b = await shares(monkeypatch, claims=False)
+    assert a < 0.35 * alone, (alone, a, b)
+
+
 class StuckStore(RacingStore):
     """Every append hangs (a store path that went silent)."""
 
@@ -67,7 +144,13 @@ class StuckStore(RacingStore):
         super().__init__(0)
 
     async def append_batch(
-        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+        self,
+        chat_id: str,
+        expected_head: int,
+        appends: Sequence[Append],
+        *,
+        writer: str = "",
+        now_ms: int = 0,
     ) -> BatchOutcome:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
