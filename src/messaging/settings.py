@@ -45,7 +45,7 @@ class Settings:
     aws_region: str = "us-east-1"
     table_prefix: str = "messaging-"
     dynamodb_deadline_seconds: float = 5.0
-    store_latency_unready_ms: float = 1000.0
+    store_latency_unready_ms: float = 500.0
     """``/readyz`` fails (check ``store_latency``) while the p99 of this process's recent
     DynamoDB calls is above this (ADR 0034)."""
     dynamodb_client: DynamoClientKind = "lean"
