@@ -20,7 +20,7 @@ from messaging.connection.gateway import Gateway
 from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
 from messaging.connection.session import Connection, State
-from messaging.domain.errors import StoreUnavailable, Unavailable
+from messaging.domain.errors import RateLimited, StoreUnavailable, Unavailable
 from messaging.domain.ids import new_user_id
 from messaging.domain.model import Chat, SendResult
 from messaging.durability import ingest as ingest_module
@@ -234,6 +234,13 @@ def test_every_retriable_answer_says_when_to_retry() -> None:
         True,
         1000,
     )
+
+
+def test_a_rate_limited_domain_error_says_its_own_wait() -> None:
+    error = orjson.loads(
+        frames.encode(domain_error(RateLimited("slow down", 7), frames.chat_ref(CHAT)))
+    )
+    assert (error["code"], error["retry_after_ms"]) == ("rate_limited", 7000)
 
 
 async def test_a_slow_store_path_makes_the_process_unready_and_a_quick_one_ready() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from messaging.connection.session import Connection
-from messaging.domain.errors import MessagingError
+from messaging.domain.errors import MessagingError, RateLimited
 from messaging.metrics import Metrics
 from messaging.protocol import frames
 from messaging.protocol.frames import ErrorCode
@@ -17,7 +17,11 @@ def domain_error(exc: MessagingError, ref: frames.ErrorRef) -> frames.Error:
     """The ``error`` frame for a domain error, answering what ``ref`` names; a retriable one
     says when to retry."""
     code = ErrorCode.of(exc.code)
-    wait = ms(RETRY_AFTER_UNAVAILABLE_SECONDS) if code.retriable else None
+    wait: int | None = None
+    if isinstance(exc, RateLimited):
+        wait = ms(exc.retry_after_seconds)
+    elif code.retriable:
+        wait = ms(RETRY_AFTER_UNAVAILABLE_SECONDS)
     return frames.error(code, exc.message, ref=ref, retry_after_ms=wait)
 
 
