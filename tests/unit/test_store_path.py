@@ -85,7 +85,7 @@ class SlowPath:
 async def shares(
     monkeypatch: pytest.MonkeyPatch, *, claims: bool, competing: bool = True
 ) -> tuple[int, int]:
-    """Process a (30 ms each way to the store) and process b (1 ms) write one chat for 1.5 s,
+    """Process a (100 ms each way to the store) and process b (2 ms) write one chat for 3 s,
     each user keeping one send in flight (as a client awaiting its acks does): how many sends
     each process stored."""
     if not claims:
@@ -93,11 +93,11 @@ async def shares(
     shared = InMemoryMessageStore()
     writers = [new_user_id() for _ in range(8)]
     chat_id = await new_chat(shared, *writers)
-    config = attrs.evolve(CONFIG, append_deadline_seconds=1.0)
-    slow = IngestService(cast(Any, SlowPath(shared, 0.03)), config)
-    fast = IngestService(cast(Any, SlowPath(shared, 0.001)), config)
+    config = attrs.evolve(CONFIG, append_deadline_seconds=2.0)
+    slow = IngestService(cast(Any, SlowPath(shared, 0.1)), config)
+    fast = IngestService(cast(Any, SlowPath(shared, 0.002)), config)
     stored = {"a": 0, "b": 0}
-    stop = time.monotonic() + 1.5
+    stop = time.monotonic() + 3.0
 
     async def user(service: IngestService, name: str, sender: str) -> None:
         n = 0
@@ -122,10 +122,10 @@ async def test_a_writer_with_a_slow_store_path_gets_a_fair_share_of_a_shared_cha
 ) -> None:
     """Without head claims the slow process loses nearly every race (the issue's 2-3 acks
     against 380); with them it keeps a good part of what its own path allows when alone
-    (measured: about half; asserted: over a third)."""
+    (measured: about half; asserted: a quarter)."""
     alone, _ = await shares(monkeypatch, claims=True, competing=False)
     a, b = await shares(monkeypatch, claims=True)
-    assert a >= 0.35 * alone, (alone, a, b)
+    assert a >= 0.25 * alone, (alone, a, b)
 
 
 async def test_without_head_claims_the_slow_writer_starves(
@@ -134,7 +134,7 @@ async def test_without_head_claims_the_slow_writer_starves(
     """The mechanism switched off: the same load starves process a (the test above fails)."""
     alone, _ = await shares(monkeypatch, claims=False, competing=False)
     a, b = await shares(monkeypatch, claims=False)
-    assert a < 0.35 * alone, (alone, a, b)
+    assert a < 0.25 * alone, (alone, a, b)
 
 
 class StuckStore(RacingStore):
