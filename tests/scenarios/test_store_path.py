@@ -29,7 +29,7 @@ UNREADY_BOUND = 5.0
 """A process whose store path turned slow or cut reports itself unready within this."""
 FREED_BOUND = SETTINGS.ws_ping_interval_seconds + SETTINGS.ws_ping_timeout_seconds + 3.0
 """A half-open socket is freed within the ping interval, the pong timeout and this margin."""
-SLOW_SHARE = 0.05
+SLOW_SHARE = 0.03
 """Under 300 +- 100 ms more on its store path, process a's writer in a chat shared with process
 b's gets at least this share of b's acknowledgements (measured: see docs/failure-scenarios.md)."""
 PROBE_RATE = 5.0
