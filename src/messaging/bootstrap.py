@@ -71,7 +71,7 @@ from messaging.identity.ports import (
 )
 from messaging.identity.service import IdentityConfig, IdentityService
 from messaging.identity.tokens import JwtTokens
-from messaging.infra.dynamodb import DynamoHealth, Retrier, open_dynamo
+from messaging.infra.dynamodb import DynamoHealth, Retrier, StoreLatency, open_dynamo
 from messaging.infra.kafka import KafkaHealth, open_consumer, open_producer, open_reader
 from messaging.infra.redis import RedisHealth, open_redis
 from messaging.metrics import Metrics
@@ -177,6 +177,7 @@ class _DynamoAdapters:
     users: DynamoUserDirectory
     devices: DynamoDeviceSessions
     health: DynamoHealth
+    latency: StoreLatency
 
 
 @asynccontextmanager
@@ -190,8 +191,10 @@ async def _dynamodb_adapters(
         client=settings.dynamodb_client,
         timeout_seconds=settings.dynamodb_deadline_seconds,
     ) as dynamodb:
+        latency = StoreLatency(settings.store_latency_unready_ms / 1000)
 
         def observe(what: str, seconds: float, error: str | None) -> None:
+            latency.observe(what, seconds, error)
             operation = what.split(" ", 1)[0]
             metrics.dynamodb_latency.labels(operation).observe(seconds)
             if error is not None:
@@ -205,6 +208,7 @@ async def _dynamodb_adapters(
             users=DynamoUserDirectory(dynamodb, prefix, retrier),
             devices=DynamoDeviceSessions(dynamodb, prefix, retrier),
             health=DynamoHealth(dynamodb),
+            latency=latency,
         )
 
 
@@ -253,7 +257,7 @@ async def open_adapters(
             handoff=handoff,
             receiver=handoff,
             dead_letters=KafkaDeadLetters(producer, settings.kafka_dead_letter_topic),
-            checks=(KafkaHealth(producer), dynamo.health, RedisHealth(redis)),
+            checks=(KafkaHealth(producer), dynamo.health, dynamo.latency, RedisHealth(redis)),
         )
 
 
@@ -274,6 +278,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         outbound_queue_messages=settings.outbound_queue_messages,
         outbound_queue_bytes=settings.outbound_queue_bytes,
         max_frame_bytes=settings.ws_max_frame_bytes,
+        send_deadline_seconds=settings.dynamodb_deadline_seconds,
         auth_timeout_seconds=settings.ws_auth_timeout_seconds,
         idle_timeout_seconds=settings.ws_idle_timeout_seconds,
         sync_page_size=settings.sync_page_size,

@@ -63,6 +63,11 @@ class Metrics:
             "Sockets closed because their outbound queue overflowed",
             registry=r,
         )
+        self.superseded = Counter(
+            "messaging_ws_superseded_total",
+            "Sockets closed (4004) because a newer connection of the same device replaced them",
+            registry=r,
+        )
         self.outbound_queue_depth = Histogram(
             "messaging_ws_outbound_queue_depth",
             "Outbound queue depth (messages) seen when a frame is queued",

@@ -45,6 +45,9 @@ class Settings:
     aws_region: str = "us-east-1"
     table_prefix: str = "messaging-"
     dynamodb_deadline_seconds: float = 5.0
+    store_latency_unready_ms: float = 500.0
+    """``/readyz`` fails (check ``store_latency``) while the p99 of this process's recent
+    DynamoDB calls is above this (ADR 0034)."""
     dynamodb_client: DynamoClientKind = "lean"
     """How DynamoDB calls are made (ADR 0023): ``lean`` (signed JSON over aiohttp) or
     ``aioboto3`` (the SDK, the reference transport)."""
@@ -81,7 +84,10 @@ class Settings:
     outbound_queue_bytes: int = 1_048_576
     ws_max_frame_bytes: int = 16_384
     ws_auth_timeout_seconds: float = 5.0
-    ws_ping_interval_seconds: float = 20.0
+    ws_ping_interval_seconds: float = 15.0
+    ws_ping_timeout_seconds: float = 10.0
+    """A socket whose transport pong is this late is closed: a half-open socket is found within
+    the ping interval plus this (25 s; ADR 0034)."""
     ws_idle_timeout_seconds: float = 60.0
     sync_page_size: int = 200
 
@@ -264,6 +270,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "aws_region": _parse_nonempty,
     "table_prefix": _parse_str,
     "dynamodb_deadline_seconds": _parse_float(0.1, 300.0),
+    "store_latency_unready_ms": _parse_float(1.0, 600_000.0),
     "dynamodb_client": _parse_choice("lean", "aioboto3"),
     "kafka_bootstrap": _parse_nonempty,
     "kafka_messages_topic": _parse_nonempty,
@@ -287,6 +294,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ws_max_frame_bytes": _parse_int(256, 1 << 20),
     "ws_auth_timeout_seconds": _parse_float(0.1, 60.0),
     "ws_ping_interval_seconds": _parse_float(0.1, 3600.0),
+    "ws_ping_timeout_seconds": _parse_float(0.1, 3600.0),
     "ws_idle_timeout_seconds": _parse_float(0.5, 7200.0),
     "sync_page_size": _parse_int(1, 1000),  # durability.config.SYNC_MAX_LIMIT
     "limit_sends_per_second": _parse_float(0.01, 1_000_000.0),

@@ -283,6 +283,8 @@ async def test_a_batch_on_a_stale_head_writes_nothing(store: MessageStore) -> No
     outcome = await store.append_batch(chat.chat_id, 0, appends)
     assert outcome.head_moved
     assert not outcome.rejected
+    # The head that won, named by the failed transaction (ADR 0034): no read to retry.
+    assert outcome.head == 1
     assert await sequences(store, chat) == [1]
     assert all([await store.get_idempotency(a.record.key) is None for a in appends])
 
@@ -365,3 +367,38 @@ async def test_concurrent_batches_on_one_head_commit_exactly_one(store: MessageS
     assert sum(o.appended for o in outcomes) == 1
     assert all(o.head_moved for o in outcomes if not o.appended)
     assert await sequences(store, chat) == [1, 2]
+
+
+async def test_a_head_claim_holds_other_writers_back_until_its_writer_appends(
+    store: MessageStore,
+) -> None:
+    """ADR 0034: a claim by writer "a" makes writer "b"'s append fail as a moved head naming
+    the claim; "a" appends (clearing it); then "b" appends; a lapsed claim holds nobody."""
+    alice = new_user_id()
+    chat = await new_group(store, alice)
+    claim = await store.claim_head(chat.chat_id, "a", 1_000, 3_000)
+    assert claim is not None
+    assert (claim.head, claim.claimed, claim.until_ms) == (0, True, 3_000)
+    other = await store.claim_head(chat.chat_id, "b", 1_000, 3_000)
+    assert other is not None
+    assert (other.head, other.claimed, other.until_ms) == (0, False, 3_000)
+    blocked = await store.append_batch(
+        chat.chat_id, 0, batch(chat, 0, alice), writer="b", now_ms=1_500
+    )
+    assert blocked.head_moved
+    assert (blocked.head, blocked.claimed_until_ms) == (0, 3_000)
+    mine = await store.append_batch(
+        chat.chat_id, 0, batch(chat, 0, alice), writer="a", now_ms=1_500
+    )
+    assert mine.appended
+    after = await store.append_batch(
+        chat.chat_id, 1, batch(chat, 1, alice), writer="b", now_ms=1_600
+    )
+    assert after.appended
+    assert await store.claim_head(chat.chat_id, "a", 2_000, 2_500) is not None
+    lapsed = await store.append_batch(
+        chat.chat_id, 2, batch(chat, 2, alice), writer="b", now_ms=2_600
+    )
+    assert lapsed.appended
+    assert await sequences(store, chat) == [1, 2, 3]
+    assert await store.claim_head("g_" + "0" * 32, "a", 0, 1) is None

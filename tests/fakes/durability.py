@@ -12,6 +12,7 @@ from messaging.durability.ports import (
     Append,
     AppendOutcome,
     BatchOutcome,
+    HeadClaim,
     OutboxEntry,
     RemoveOutcome,
     check_batch,
@@ -29,6 +30,8 @@ class InMemoryMessageStore:
         self.idempotency: dict[str, IdempotencyRecord] = {}
         self.acked: dict[tuple[str, str], int] = {}
         self.outbox: dict[tuple[str, int], OutboxEntry] = {}
+        self.claims: dict[str, tuple[str, int]] = {}
+        """Per chat, the head claim (writer, until_ms) (ADR 0034)."""
         self.batches: list[int] = []
         """The size of every ``append_batch`` call, in order (tests check group commit)."""
         self.now: float = 0.0
@@ -85,8 +88,26 @@ class InMemoryMessageStore:
         outcome = await self.append_batch(message.chat_id, expected_head, [Append(message, record)])
         return single_outcome(outcome)
 
+    async def claim_head(
+        self, chat_id: str, writer: str, now_ms: int, until_ms: int
+    ) -> HeadClaim | None:
+        chat = self.chats.get(chat_id)
+        if chat is None:
+            return None
+        holder, until = self.claims.get(chat_id, ("", 0))
+        if holder and holder != writer and until >= now_ms:
+            return HeadClaim(head=chat.head, claimed=False, until_ms=until)
+        self.claims[chat_id] = (writer, until_ms)
+        return HeadClaim(head=chat.head, claimed=True, until_ms=until_ms)
+
     async def append_batch(
-        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+        self,
+        chat_id: str,
+        expected_head: int,
+        appends: Sequence[Append],
+        *,
+        writer: str = "",
+        now_ms: int = 0,
     ) -> BatchOutcome:
         check_batch(chat_id, expected_head, appends)
         self.batches.append(len(appends))
@@ -102,13 +123,23 @@ class InMemoryMessageStore:
             if member is None or not member.active:
                 rejected[index] = AppendOutcome.NOT_A_MEMBER
         chat = self.chats.get(chat_id)
+        holder, until = self.claims.get(chat_id, ("", 0))
+        claimed = bool(holder) and holder != writer and until >= now_ms
         head_moved = (
             chat is None
             or chat.head != expected_head
+            or claimed
             or any((chat_id, a.message.sequence) in self.messages for a in appends)
         )
         if rejected or head_moved:
-            return BatchOutcome(rejected=rejected, head_moved=head_moved)
+            blocked = chat is not None and (chat.head != expected_head or claimed)
+            return BatchOutcome(
+                rejected=rejected,
+                head_moved=head_moved,
+                head=chat.head if blocked and chat is not None else None,
+                claimed_until_ms=until if claimed and chat is not None else None,
+            )
+        self.claims.pop(chat_id, None)
         assert chat is not None
         last = appends[-1].message
         self.chats[chat_id] = attrs.evolve(

@@ -141,10 +141,12 @@ async def test_sync_requests_over_the_per_user_rate_get_rate_limited_in_order(
 
 async def test_a_third_connection_of_one_user_is_closed_4029(limited: AppProcess) -> None:
     a = await login(limited)
-    first, second = await authed(limited, a), await authed(limited, a)
+    # Three devices of one user (a device's new connection would supersede its old one).
+    a2, a3 = await login(limited, a.phone), await login(limited, a.phone)
+    first, second = await authed(limited, a), await authed(limited, a2)
     before = await rejections(limited, "connections_per_user")
     third = await open_socket(limited)
-    await third.send({"type": "auth", "token": a.token, "device_id": a.device_id})
+    await third.send({"type": "auth", "token": a3.token, "device_id": a3.device_id})
     assert await third.closed_with() == 4029
     assert await rejections(limited, "connections_per_user") == before + 1
     await first.send({"type": "ping", "id": "still-here"})
@@ -152,18 +154,15 @@ async def test_a_third_connection_of_one_user_is_closed_4029(limited: AppProcess
     # A closed connection frees its place.
     await second.close()
     await asyncio.sleep(0.3)
-    again = await authed(limited, a)
+    again = await authed(limited, a3)
     assert again.ready["type"] == "ready"
 
 
 async def test_connections_per_client_address_are_bounded_4029(limited: AppProcess) -> None:
     address = {"X-Forwarded-For": _address()}
-    accounts = [await login(limited) for _ in range(3)]
-    sockets = [
-        await authed(limited, account, additional_headers=address)
-        for account in accounts
-        for _ in range(2)
-    ]
+    users = [await login(limited) for _ in range(3)]
+    accounts = [*users, *[await login(limited, user.phone) for user in users]]  # 2 devices each
+    sockets = [await authed(limited, account, additional_headers=address) for account in accounts]
     assert len(sockets) == 6
     before = await rejections(limited, "connections_per_address")
     # Refused before authentication: no user needed.
@@ -336,3 +335,22 @@ async def test_rest_and_page_answers_carry_security_headers(apps: list[AppProces
     assert "script-src 'self'" in policy
     assert "frame-ancestors 'none'" in policy
     assert "unsafe-inline" not in policy
+
+
+async def test_a_device_reconnecting_supersedes_its_old_connection_4004(
+    limited: AppProcess,
+) -> None:
+    """ADR 0034: a new connection of the same device replaces the old one, which is closed
+    with 4004 and does not count against the per-user limit (here 2) any more: the device's
+    reconnect fits even when its old socket is still open beside another device's."""
+    a = await login(limited)
+    other_device = await login(limited, a.phone)
+    old, other = await authed(limited, a), await authed(limited, other_device)
+    new = await authed(limited, a)
+    assert new.ready["type"] == "ready"
+    assert await old.closed_with() == 4004
+    for socket in (new, other):
+        await socket.send({"type": "ping", "id": "alive"})
+        assert (await socket.recv_until("pong"))["id"] == "alive"
+    for socket in (new, other):
+        await socket.close()

@@ -1,7 +1,8 @@
 """Network partitions of one app process's paths while both ends stay up (ADR 0028): its path to
-the DynamoDB API blackholed, its clients' path gone half-open. Each ends with the consistency
-checker over every client's history and final view; docs/failure-scenarios.md states the bounds
-and how each was shown to fail with its mechanism switched off."""
+Redis cut. (Its store path slow or cut and its clients' path half-open: test_store_path.py,
+ADR 0034.) Each ends with the consistency checker over every client's history and final view;
+docs/failure-scenarios.md states the bounds and how each was shown to fail with its mechanism
+switched off."""
 
 from __future__ import annotations
 
@@ -11,21 +12,12 @@ import time
 from typing import Any
 
 import httpx
-import pytest
 
-from messaging.settings import Settings
 from tests.integration.raw import Socket, authed, direct_chat, login
 from tests.scenarios.conftest import Network
 from tests.scenarios.harness import Traffic
 from tests.scenarios.test_stack_faults import population
 
-DEADLINE = Settings().dynamodb_deadline_seconds
-ANSWER_BOUND = DEADLINE + 2.0
-"""A send on a process cut from the store is answered within the store deadline plus this."""
-IDLE_TIMEOUT = 6.0
-SWEEP = min(IDLE_TIMEOUT / 4, 5.0)
-FREED_BOUND = IDLE_TIMEOUT + SWEEP + 2.0
-"""A half-open socket is freed within the idle timeout, one sweep period and this margin."""
 READY_BOUND = 5.0
 """``/readyz`` answers within this, whatever a dependency does."""
 
@@ -37,87 +29,6 @@ async def _answer(socket: Socket, seconds: float) -> dict[str, Any]:
             frame = await socket.recv(seconds)
             if frame["type"] in ("send_ack", "error"):
                 return frame
-
-
-async def test_a_process_cut_from_dynamodb_answers_sends_in_bounded_time_and_loses_nothing(
-    network: Network,
-) -> None:
-    """While process a cannot reach the DynamoDB API (bytes dropped both ways, connections kept
-    open: no error reaches it, only silence), a send on it is answered with a retriable
-    ``store_unavailable`` within the deadline plus a bound; nothing is half-written; after
-    healing, the same ``client_message_id`` lands exactly once, and every client's history
-    passes the checker (their clients retried through the cut)."""
-    scenario = network.scenario
-    a, _ = network.apps
-    members = await population(scenario)
-    sender, peer = await login(a), await login(a)
-    chat_id = await direct_chat(a, sender, peer)
-    probe = await authed(a, sender)
-    frame = {"type": "send_message", "chat_id": chat_id, "client_message_id": "p1", "text": "cut"}
-    traffic = Traffic(members, random.Random(28)).start()
-    try:
-        await asyncio.sleep(2.0)
-        async with scenario.fault("a cut from the DynamoDB API"):
-            await network.proxy.blackhole(a.paths["dynamodb"])
-            started = time.monotonic()
-            await probe.send(frame)
-            during = await _answer(probe, 60.0)
-            took = time.monotonic() - started
-            scenario.note(f"probe answered {during.get('code', during['type'])} after {took:.1f}s")
-            await asyncio.sleep(max(0.0, 8.0 - took))
-            await network.proxy.heal(a.paths["dynamodb"])
-        await asyncio.sleep(3.0)
-    finally:
-        await traffic.stop()
-    assert (during["type"], during.get("code")) == ("error", "store_unavailable"), during
-    assert during["retriable"] is True
-    assert took <= ANSWER_BOUND, f"answered after {took:.1f}s (bound {ANSWER_BOUND:.1f}s)"
-    await probe.send(frame)
-    first = await _answer(probe, 30.0)
-    await probe.send(frame)
-    again = await _answer(probe, 30.0)
-    assert first["type"] == again["type"] == "send_ack", (first, again)
-    assert first["sequence"] == again["sequence"] == 1
-    assert again["duplicate"] is True
-    await scenario.settle_sends()
-    await scenario.converge(seconds=30)
-    await scenario.final_check()
-
-
-@pytest.mark.app_settings(
-    MESSAGING_WS_PING_INTERVAL_SECONDS="2", MESSAGING_WS_IDLE_TIMEOUT_SECONDS=str(IDLE_TIMEOUT)
-)
-async def test_a_half_open_client_path_is_freed_within_the_idle_timeout_and_clients_resync(
-    network: Network,
-) -> None:
-    """Process a's clients' path goes silent both ways without FIN or RST (the peer vanished).
-    The server frees those sockets within the idle timeout (its pings go unanswered), and, once
-    the path is back, the clients reconnect, sync what they missed, and the checker passes."""
-    scenario = network.scenario
-    a, _ = network.apps
-    members = await population(scenario)
-    traffic = Traffic(members, random.Random(29)).start()
-    try:
-        await asyncio.sleep(2.0)
-        before = await a.metric("messaging_ws_connections")
-        assert before >= 3, before
-        async with scenario.fault("a's client path half-open"):
-            await network.proxy.blackhole(a.paths["client"])
-            started = time.monotonic()
-            while time.monotonic() - started < FREED_BOUND + 10:
-                if await a.metric("messaging_ws_connections") == 0:
-                    break
-                await asyncio.sleep(0.2)
-            freed = time.monotonic() - started
-            scenario.note(f"a freed its {before:g} half-open sockets after {freed:.1f}s")
-            await network.proxy.heal(a.paths["client"])
-        await asyncio.sleep(4.0)
-    finally:
-        await traffic.stop()
-    assert freed <= FREED_BOUND, f"freed after {freed:.1f}s (bound {FREED_BOUND:.1f}s)"
-    await scenario.settle_sends(allow_abandoned=True)
-    await scenario.converge(seconds=30)
-    await scenario.final_check()
 
 
 async def test_a_process_cut_from_redis_reports_it_and_loses_nothing(network: Network) -> None:

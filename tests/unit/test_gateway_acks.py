@@ -4,6 +4,7 @@ whose write has not landed is answered at once, and the ``acked`` follows when i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -91,8 +92,11 @@ async def test_a_send_behind_an_unwritten_ack_is_answered_and_the_acked_follows(
     sent = Sent()
     conn = Connection("u1", "d1", OutboundQueue(100, 65536), Metrics(), sent)
     gw = gateway(acks)
-    await gw._work(conn, frames.Ack(chat_id=CHAT, sequence=3))
-    await gw._work(conn, frames.SendMessage(chat_id=CHAT, client_message_id="c1", text="hi"))
+    await gw._work(conn, (frames.Ack(chat_id=CHAT, sequence=3), time.monotonic()))
+    await gw._work(
+        conn,
+        (frames.SendMessage(chat_id=CHAT, client_message_id="c1", text="hi"), time.monotonic()),
+    )
     await settle()
     assert [f["type"] for f in sent.frames] == ["send_ack"]
     ((sequence, reply),) = acks.waiting
@@ -107,7 +111,7 @@ async def test_an_ack_the_store_did_not_take_is_answered_with_a_retriable_error(
     acks = HeldAcks()
     sent = Sent()
     conn = Connection("u1", "d1", OutboundQueue(100, 65536), Metrics(), sent)
-    await gateway(acks)._work(conn, frames.Ack(chat_id=CHAT, sequence=3))
+    await gateway(acks)._work(conn, (frames.Ack(chat_id=CHAT, sequence=3), time.monotonic()))
     acks.waiting[0][1](Unavailable("the ack was not stored; ack again"))
     await settle()
     error = sent.frames[-1]

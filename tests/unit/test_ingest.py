@@ -137,7 +137,8 @@ async def test_fifty_concurrent_senders_get_exactly_one_to_fifty() -> None:
 
 
 class RacingStore(InMemoryMessageStore):
-    """Another process appends just before each of our first ``races`` attempts."""
+    """Another process appends just before each of our first ``races`` attempts (heedless of
+    head claims: it stands for every way of losing the race)."""
 
     def __init__(self, races: int) -> None:
         super().__init__()
@@ -145,11 +146,18 @@ class RacingStore(InMemoryMessageStore):
         self.attempts = 0
 
     async def append_batch(
-        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+        self,
+        chat_id: str,
+        expected_head: int,
+        appends: Sequence[Append],
+        *,
+        writer: str = "",
+        now_ms: int = 0,
     ) -> BatchOutcome:
         self.attempts += 1
         if self.races > 0:
             self.races -= 1
+            self.claims.pop(chat_id, None)
             chat = self.chats[chat_id]
             first = appends[0]
             intruder = attrs.evolve(
@@ -159,7 +167,9 @@ class RacingStore(InMemoryMessageStore):
                 first.record, client_message_id=intruder.client_message_id, sequence=chat.head + 1
             )
             await super().append_batch(chat_id, chat.head, [Append(intruder, record)])
-        return await super().append_batch(chat_id, expected_head, appends)
+        return await super().append_batch(
+            chat_id, expected_head, appends, writer=writer, now_ms=now_ms
+        )
 
 
 async def test_losing_a_race_re_reads_the_head_and_takes_the_next_sequence() -> None:
@@ -203,11 +213,21 @@ class LostAnswerStore(InMemoryMessageStore):
     finds its own idempotency records (``DUPLICATE_KEY``)."""
 
     async def append_batch(
-        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+        self,
+        chat_id: str,
+        expected_head: int,
+        appends: Sequence[Append],
+        *,
+        writer: str = "",
+        now_ms: int = 0,
     ) -> BatchOutcome:
-        outcome = await super().append_batch(chat_id, expected_head, appends)
+        outcome = await super().append_batch(
+            chat_id, expected_head, appends, writer=writer, now_ms=now_ms
+        )
         if outcome.appended:
-            return await super().append_batch(chat_id, expected_head, appends)
+            return await super().append_batch(
+                chat_id, expected_head, appends, writer=writer, now_ms=now_ms
+            )
         return outcome
 
 
@@ -254,10 +274,18 @@ class GatedStore(InMemoryMessageStore):
         self.gate = asyncio.Event()
 
     async def append_batch(
-        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+        self,
+        chat_id: str,
+        expected_head: int,
+        appends: Sequence[Append],
+        *,
+        writer: str = "",
+        now_ms: int = 0,
     ) -> BatchOutcome:
         await self.gate.wait()
-        return await super().append_batch(chat_id, expected_head, appends)
+        return await super().append_batch(
+            chat_id, expected_head, appends, writer=writer, now_ms=now_ms
+        )
 
 
 async def gated(*members: str, config: DurabilityConfig = CONFIG):

@@ -122,9 +122,10 @@ def test_every_operator_tunable_of_the_gateway_comes_from_settings() -> None:
             limit_connections_per_user=4,
             limit_connections_per_address=5,
             allowed_origins=("https://chat.example.com",),
+            dynamodb_deadline_seconds=2.0,
         )
     )
-    assert len(from_settings) == 11
+    assert len(from_settings) == 12
     assert [n for n in from_settings if getattr(defaults, n) == getattr(changed, n)] == []
 
 

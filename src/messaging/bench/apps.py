@@ -73,6 +73,9 @@ def app_env(namespace: Namespace, extra: Mapping[str, str] | None = None) -> dic
         env_var("otp_requests_per_phone_per_window"): "1000",
         env_var("max_group_members"): "10000",
         env_var("ws_idle_timeout_seconds"): "3600",
+        # As before ADR 0034 (the pong timeout was the idle timeout): a loaded bench client
+        # may answer pings late, and the bench measures load, not dead peers.
+        env_var("ws_ping_timeout_seconds"): "3600",
     }
     env.update(extra or {})
     return env

@@ -8,9 +8,11 @@ class ClientError(Exception):
 
 
 class AuthRejected(ClientError):
-    """The server closed the connection with 4001 (bad token) or 4003 (token of another device).
+    """The server closed the connection with 4001 (bad token) or 4003 (token of another device),
+    or 4004 (another connection of this device replaced this one).
 
-    Fatal: the client does not reconnect; log in again and start a new client.
+    Fatal: the client does not reconnect; log in again (4004: keep the newer connection) and
+    start a new client.
     """
 
     def __init__(self, close_code: int, reason: str = "") -> None:

@@ -25,7 +25,11 @@ from messaging.domain.model import Message
 from messaging.protocol import frames
 from messaging.protocol.frames import CloseCode
 
-FATAL_CLOSE_CODES = frozenset({CloseCode.UNAUTHENTICATED, CloseCode.DEVICE_MISMATCH})
+FATAL_CLOSE_CODES = frozenset(
+    {CloseCode.UNAUTHENTICATED, CloseCode.DEVICE_MISMATCH, CloseCode.SUPERSEDED}
+)
+"""Closes after which the client does not reconnect: 4004 means another connection of this
+device took over (reconnecting would take it back, and so on, ADR 0034)."""
 NO_CLOSE_FRAME = 1006
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024
 CLIENT_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")

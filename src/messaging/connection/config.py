@@ -29,6 +29,8 @@ class GatewayConfig:
     connections_per_address: int
     allowed_origins: frozenset[str]
     """Browser origins allowed besides the server's own host."""
+    send_deadline_seconds: float
+    """Every send is answered within this of its arrival (the store deadline, ADR 0034)."""
 
     # Internal constants
     bad_frames_allowed: int = 20

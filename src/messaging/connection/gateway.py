@@ -30,13 +30,24 @@ from urllib.parse import urlsplit
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from messaging.connection.answers import domain_error, rate_limited
+from messaging.connection.answers import (
+    RETRY_AFTER_UNAVAILABLE_SECONDS,
+    domain_error,
+    ms,
+    rate_limited,
+)
 from messaging.connection.config import GatewayConfig
 from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
 from messaging.connection.replay import SyncReplay
 from messaging.connection.session import Connection, Lanes, State
-from messaging.domain.errors import DeviceMismatch, LimitExceeded, MessagingError, Unauthenticated
+from messaging.domain.errors import (
+    DeviceMismatch,
+    LimitExceeded,
+    MessagingError,
+    StoreUnavailable,
+    Unauthenticated,
+)
 from messaging.domain.limits import Counter, KeyedBuckets
 from messaging.metrics import Metrics
 from messaging.protocol import frames
@@ -153,6 +164,7 @@ class Gateway:
             principal = await self._authenticate(websocket)
             if principal is None:
                 return
+            self._supersede(principal)
             if not self._per_user.acquire(principal.user_id):
                 self._metrics.limit_rejections.labels("connections_per_user").inc()
                 limit = self._per_user.limit
@@ -162,12 +174,20 @@ class Gateway:
                     f"at most {limit} open connections per user",
                 )
                 return
-            try:
-                await self._run(websocket, principal)
-            finally:
-                self._per_user.release(principal.user_id)
+            await self._run(websocket, principal)
         finally:
             self._per_address.release(address)
+
+    def _supersede(self, principal: Principal) -> None:
+        """A new connection of a device replaces its older ones (ADR 0034): each is closed with
+        4004 and stops counting against the per-user limit now, not when its socket is found
+        dead (a half-open one would hold its slot until its pings time out)."""
+        for old in self._local.of_device(principal.user_id, principal.device_id):
+            if old.counted:
+                old.counted = False
+                self._per_user.release(principal.user_id)
+            self._metrics.superseded.inc()
+            old.close(CloseCode.SUPERSEDED, "replaced by a newer connection of this device")
 
     def _origin_allowed(self, websocket: WebSocket) -> bool:
         """Cross-site WebSocket hijacking guard: a browser always sends ``Origin``; it must be
@@ -215,6 +235,9 @@ class Gateway:
             connection.start_reader(self._read(websocket, connection))
             await connection.stopped()
         finally:
+            if connection.counted:  # else released when a newer connection superseded it
+                connection.counted = False
+                self._per_user.release(connection.user_id)
             await connection.shutdown()
             self._local.remove(connection)
             await self._routes.withdraw(connection.user_id)
@@ -326,20 +349,24 @@ class Gateway:
                             connection, self._metrics, "sends", "messages", _ref(frame), wait
                         )
                         continue
-                if not connection.put_command(frame):
+                if not connection.put_command((frame, self._monotonic())):
+                    self._metrics.limit_rejections.labels("commands_in_flight").inc()
                     connection.push_frame(
                         frames.error(
                             ErrorCode.RATE_LIMITED,
                             "too many frames in flight; wait for answers",
                             ref=_ref(frame),
+                            retry_after_ms=ms(RETRY_AFTER_UNAVAILABLE_SECONDS),
                         )
                     )
 
-    async def _work(self, connection: Connection, command: Command) -> None:
-        """One send or ack, in its turn on the connection's command lane."""
+    async def _work(self, connection: Connection, item: tuple[Command, float]) -> None:
+        """One send or ack, in its turn on the connection's command lane (with when it
+        arrived)."""
+        command, arrived = item
         try:
             if isinstance(command, frames.SendMessage):
-                await self._send(connection, command)
+                await self._send(connection, command, arrived)
             else:
                 self._ack(connection, command)
         except MessagingError as exc:
@@ -366,16 +393,28 @@ class Gateway:
             reply=reply,
         )
 
-    async def _send(self, connection: Connection, command: frames.SendMessage) -> None:
+    async def _send(
+        self, connection: Connection, command: frames.SendMessage, arrived: float
+    ) -> None:
+        """Store one send, answered within the send deadline of its ARRIVAL (ADR 0034): the
+        time it waited behind this connection's earlier sends counts."""
         started = self._monotonic()
+        deadline = self._config.send_deadline_seconds
         try:
-            result = await self._ingest.send(
-                sender_id=connection.user_id,
-                sender_device=connection.device_id,
-                chat_id=command.chat_id,
-                client_message_id=command.client_message_id,
-                text=command.text,
-            )
+            try:
+                async with asyncio.timeout(max(0.0, arrived + deadline - started)):
+                    result = await self._ingest.send(
+                        sender_id=connection.user_id,
+                        sender_device=connection.device_id,
+                        chat_id=command.chat_id,
+                        client_message_id=command.client_message_id,
+                        text=command.text,
+                    )
+            except TimeoutError:
+                raise StoreUnavailable(
+                    f"the message store did not store the send within {deadline:g}s of its "
+                    "arrival; retry with the same client_message_id"
+                ) from None
         except MessagingError as exc:
             self._metrics.sends.labels(exc.code).inc()
             raise

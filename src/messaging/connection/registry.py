@@ -34,6 +34,10 @@ class LocalConnections:
             return 0
         return len(connections)
 
+    def of_device(self, user_id: str, device_id: str) -> list[Connection]:
+        """The user's open connections here from ``device_id``."""
+        return [c for c in self._by_user.get(user_id, ()) if c.device_id == device_id]
+
     def all(self) -> list[Connection]:
         return [c for connections in self._by_user.values() for c in connections]
 

@@ -66,6 +66,7 @@ class Connection:
         "close_reason",
         "commands",
         "connection_id",
+        "counted",
         "delivered",
         "device_id",
         "last_seen",
@@ -94,6 +95,8 @@ class Connection:
         self.close_code: CloseCode | None = None
         self.close_reason = ""
         self.last_seen = now
+        self.counted = True
+        """Holds a slot of the per-user connection limit (until closed or superseded)."""
         """When the last frame arrived (the gateway's monotonic clock), for the idle sweep."""
         self.bad_frames: deque[float] | None = None
         """When recent invalid frames arrived (created by the first one)."""

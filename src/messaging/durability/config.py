@@ -24,6 +24,9 @@ class DurabilityConfig:
     """Estimated bytes per group-commit transaction (DynamoDB allows 4 MB)."""
     commit_queue_limit: int = 1000
     """Sends waiting per chat and process; beyond it a send is refused as retriable."""
+    head_claim_seconds: float = 2.0
+    """How long a head claim holds other writers of the chat back at most (ADR 0034): the
+    claimer's append clears it; a claimer that died holds them back this long."""
     ack_window_seconds: float = 0.2
     """Delivery acks are coalesced per (user, chat) over this window (ADR 0025)."""
     ack_pending_limit: int = 100_000

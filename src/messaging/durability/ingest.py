@@ -32,6 +32,7 @@ import hashlib
 import logging
 import random
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Protocol
@@ -42,6 +43,7 @@ from messaging.domain.errors import (
     IdempotencyKeyReused,
     MessagingError,
     NotAMember,
+    StoreUnavailable,
     Unavailable,
     chat_not_found,
 )
@@ -60,12 +62,20 @@ from messaging.durability.ports import (
     TRANSACTION_MAX_ITEMS,
     Append,
     AppendOutcome,
+    HeadClaim,
     MessageStore,
     append_bytes,
 )
 from messaging.protocol.faults import FaultPoint, FaultPoints, NoFaults
 
 log = logging.getLogger(__name__)
+
+CLAIM_AFTER_LOST_RACES = 2
+"""A batch that lost the head race this many times claims the chat's next append (ADR 0034)."""
+CLAIM_POLL_SECONDS = 0.05
+"""How often a writer that found another's claim tries again."""
+CONTENDED_SECONDS = 5.0
+"""After claiming a chat, its next batches claim it before their first attempt for this long."""
 
 
 class PersistedSink(Protocol):
@@ -124,8 +134,35 @@ class IngestService:
         self._monotonic = monotonic
         self._queues: ChatQueues[_Send] = ChatQueues(config.commit_queue_limit, self._commit_loop)
         self._heads: OrderedDict[str, int] = OrderedDict()
+        self._contended: OrderedDict[str, float] = OrderedDict()
+        """Chats this process had to claim, until when it claims them first (ADR 0034)."""
+        self._writer = uuid.uuid4().hex
+        """Names this process's committers in head claims (ADR 0034)."""
 
     async def send(
+        self, *, sender_id: str, sender_device: str, chat_id: str, client_message_id: str, text: str
+    ) -> SendResult:
+        """Store one send, answered within ``append_deadline_seconds`` of its call (ADR 0034):
+        a send queued behind a slow batch, or whose reads do not answer, is refused with
+        ``store_unavailable`` at its own deadline, not after the batches ahead of it. Such a
+        send may still commit; the same ``client_message_id`` then answers it as a duplicate."""
+        deadline = self._config.append_deadline_seconds
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._send(
+                    sender_id=sender_id,
+                    sender_device=sender_device,
+                    chat_id=chat_id,
+                    client_message_id=client_message_id,
+                    text=text,
+                )
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the message store did not store the send within {deadline:g}s; "
+                "retry with the same client_message_id"
+            ) from None
+
+    async def _send(
         self, *, sender_id: str, sender_device: str, chat_id: str, client_message_id: str, text: str
     ) -> SendResult:
         check_chat_id(chat_id)
@@ -238,12 +275,22 @@ class IngestService:
         head = max([self._heads.get(chat_id, 0), *(s.known_head for s in pending)])
         deadline = self._monotonic() + self._config.append_deadline_seconds
         attempt = 0
+        # A chat this process had to claim lately is claimed before the first attempt: a
+        # slow writer then pays two round trips per batch, not two lost races and two more.
+        holding = False
+        contended = self._contended.get(chat_id, 0.0) > self._monotonic()
         aside: list[tuple[_Send, AppendOutcome]] = []
         try:
+            if contended:
+                claim = await self._claim(chat_id)
+                if claim is not None:
+                    head, holding = max(head, claim.head), claim.claimed
             while pending:
                 now = self._clock()
                 appends = [self._append(s, head + i, now) for i, s in enumerate(pending, 1)]
-                outcome = await self._store.append_batch(chat_id, head, appends)
+                outcome = await self._store.append_batch(
+                    chat_id, head, appends, writer=self._writer, now_ms=int(now * 1000)
+                )
                 if outcome.appended:
                     self._remember_head(chat_id, head + len(appends))
                     self._faults.hit(FaultPoint.AFTER_PERSIST)
@@ -277,6 +324,25 @@ class IngestService:
                         f"chat {chat_id} is too busy: no free sequence after {attempt} "
                         "attempts; retry with the same client_message_id"
                     )
+                if outcome.claimed_until_ms is not None:
+                    # Another writer claimed the next append (ADR 0034): its turn first.
+                    head = outcome.head if outcome.head is not None else head
+                    await self._await_claim(outcome.claimed_until_ms)
+                    continue
+                if attempt >= CLAIM_AFTER_LOST_RACES and not holding:
+                    # Losing again and again (a slower path to the store than the other
+                    # writers'): claim the next append, so that they wait for this one.
+                    claim = await self._claim(chat_id)
+                    if claim is not None:
+                        head, holding = claim.head, claim.claimed
+                        if not holding:
+                            await self._await_claim(claim.until_ms)
+                        continue
+                if outcome.head is not None and outcome.head > head:
+                    # The store named the head that won (ADR 0034): retry at once, one round
+                    # trip per attempt instead of a read and a write.
+                    head = outcome.head
+                    continue
                 if attempt > 2:
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
                 fresh = await self._store.get_chat(chat_id)
@@ -289,6 +355,23 @@ class IngestService:
         finally:
             if aside:
                 await asyncio.gather(*(self._answer_rejected(s, o) for s, o in aside))
+
+    async def _claim(self, chat_id: str) -> HeadClaim | None:
+        now_ms = int(self._clock() * 1000)
+        claim = await self._store.claim_head(
+            chat_id, self._writer, now_ms, now_ms + int(self._config.head_claim_seconds * 1000)
+        )
+        self._contended[chat_id] = self._monotonic() + CONTENDED_SECONDS
+        self._contended.move_to_end(chat_id)
+        while len(self._contended) > self._config.head_cache_size:
+            self._contended.popitem(last=False)
+        return claim
+
+    async def _await_claim(self, until_ms: int) -> None:
+        """Wait while another writer holds the chat's head claim: until it lapses, looking
+        again every :data:`CLAIM_POLL_SECONDS` (its append clears it sooner)."""
+        left = until_ms / 1000 - self._clock()
+        await asyncio.sleep(min(max(left, 0.001), CLAIM_POLL_SECONDS))
 
     async def _answer_rejected(self, send: _Send, outcome: AppendOutcome) -> None:
         try:

@@ -91,10 +91,26 @@ class BatchOutcome:
 
     rejected: dict[int, AppendOutcome] = attrs.field(factory=dict)
     head_moved: bool = False
+    head: int | None = None
+    """With ``head_moved``: the chat's head as the failed transaction saw it, when the store
+    said (ADR 0034: the next attempt needs no read of its own); ``None``: re-read it."""
+    claimed_until_ms: int | None = None
+    """With ``head_moved``: another writer holds the chat's head claim until then (ADR 0034):
+    wait for it to append (or the claim to lapse), then retry."""
 
     @property
     def appended(self) -> bool:
         return not self.rejected and not self.head_moved
+
+
+@attrs.frozen
+class HeadClaim:
+    """What :meth:`MessageStore.claim_head` found: the head, and whether the claim is the
+    caller's (else another writer's, held until ``until_ms``)."""
+
+    head: int
+    claimed: bool
+    until_ms: int
 
 
 def single_outcome(outcome: BatchOutcome) -> AppendOutcome:
@@ -151,13 +167,29 @@ class MessageStore(Protocol):
         ...
 
     async def append_batch(
-        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+        self,
+        chat_id: str,
+        expected_head: int,
+        appends: Sequence[Append],
+        *,
+        writer: str = "",
+        now_ms: int = 0,
     ) -> BatchOutcome:
         """Atomically: head ``expected_head`` -> ``expected_head + len(appends)``, store every
         message (sequences ``expected_head + 1 ..`` in order), its idempotency record and its
-        outbox entry, provided every sender is an active member; or nothing. Preconditions
-        (:func:`check_batch`, ``ValueError``): one chat, consecutive sequences, distinct keys,
-        within DynamoDB's transaction limits (100 items, 4 MB)."""
+        outbox entry, provided every sender is an active member and no writer other than
+        ``writer`` holds a head claim live at ``now_ms``; or nothing. A successful append
+        clears the claim. Preconditions (:func:`check_batch`, ``ValueError``): one chat,
+        consecutive sequences, distinct keys, within DynamoDB's transaction limits (100 items,
+        4 MB)."""
+        ...
+
+    async def claim_head(
+        self, chat_id: str, writer: str, now_ms: int, until_ms: int
+    ) -> HeadClaim | None:
+        """Claim the chat's next append for ``writer`` until ``until_ms`` unless another
+        writer's claim is live at ``now_ms`` (ADR 0034: a writer that keeps losing the head
+        race gets its turn); the head either way. ``None``: no such chat."""
         ...
 
     async def read_messages(

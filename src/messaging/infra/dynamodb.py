@@ -25,6 +25,7 @@ import asyncio
 import random
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -57,6 +58,7 @@ __all__ = [
     "DynamoError",
     "Json",
     "Retrier",
+    "StoreLatency",
     "open_client",
     "open_dynamo",
     "unanswered",
@@ -207,6 +209,57 @@ class Retrier:
             else:
                 self._observe(what, time.perf_counter() - started, None)
                 return result
+
+
+class StoreLatency:
+    """Unready while this process's path to the store is slow (ADR 0034): fails when the 90th
+    percentile of the DynamoDB calls of the last ``window_seconds`` (at least ``min_calls`` of
+    them, at most ``max_calls``) took longer than ``bound_seconds``. A call that failed
+    counts with the time it took (a timeout, the whole deadline). Fed by the retrier's
+    observer (:meth:`observe`); no calls in the window, no verdict (ready: ``DynamoHealth``
+    says whether the store answers at all)."""
+
+    name = "store_latency"
+
+    def __init__(
+        self,
+        bound_seconds: float,
+        *,
+        window_seconds: float = 10.0,
+        min_calls: int = 10,
+        max_calls: int = 1000,
+        quantile: float = 0.9,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bound_seconds = bound_seconds
+        self._window = window_seconds
+        self._min_calls = min_calls
+        self._quantile = quantile
+        self._clock = clock
+        self._calls: deque[tuple[float, float]] = deque(maxlen=max_calls)
+
+    def observe(self, _what: str, seconds: float, _error: str | None) -> None:
+        self._calls.append((self._clock(), seconds))
+
+    def slow(self) -> float | None:
+        """The quantile of the window's call times when above the bound, else ``None``."""
+        since = self._clock() - self._window
+        calls = self._calls
+        while calls and calls[0][0] < since:
+            calls.popleft()
+        if len(calls) < self._min_calls:
+            return None
+        times = sorted(seconds for _, seconds in calls)
+        value = times[min(len(times) - 1, int(len(times) * self._quantile))]
+        return value if value > self.bound_seconds else None
+
+    async def check(self) -> None:
+        value = self.slow()
+        if value is not None:
+            raise TimeoutError(
+                f"p{int(self._quantile * 100)} of the last {self._window:g}s of store calls is "
+                f"{value * 1000:.0f} ms (bound {self.bound_seconds * 1000:.0f} ms)"
+            )
 
 
 class DynamoHealth:

@@ -21,6 +21,7 @@ from messaging.durability.ports import (
     Append,
     AppendOutcome,
     BatchOutcome,
+    HeadClaim,
     OutboxEntry,
     RemoveOutcome,
     check_batch,
@@ -325,7 +326,13 @@ class DynamoMessageStore:
         return single_outcome(outcome)
 
     async def append_batch(
-        self, chat_id: str, expected_head: int, appends: Sequence[Append]
+        self,
+        chat_id: str,
+        expected_head: int,
+        appends: Sequence[Append],
+        *,
+        writer: str = "",
+        now_ms: int = 0,
     ) -> BatchOutcome:
         """One ``TransactWriteItems`` (ADR 0024): the head update at index 0, then per message
         its Put, its idempotency Put and its outbox Put (indexes ``1 + 3i .. 3 + 3i``), then
@@ -338,14 +345,29 @@ class DynamoMessageStore:
                 "Update": {
                     "TableName": self.chats,
                     "Key": {"chat_id": _s(chat_id)},
-                    "UpdateExpression": "ADD #h :n SET #t = :now",
-                    "ConditionExpression": "#h = :expected",
-                    "ExpressionAttributeNames": {"#h": "head", "#t": "last_message_at_ms"},
+                    # ... and on no other writer holding a live head claim (ADR 0034); an
+                    # append clears the claim (its writer's, or a lapsed one).
+                    "UpdateExpression": "ADD #h :n SET #t = :now REMOVE #cw, #cu",
+                    "ConditionExpression": (
+                        "#h = :expected AND (attribute_not_exists(#cw) OR #cw = :me "
+                        "OR #cu < :clock)"
+                    ),
+                    "ExpressionAttributeNames": {
+                        "#h": "head",
+                        "#t": "last_message_at_ms",
+                        "#cw": "claim_writer",
+                        "#cu": "claim_until_ms",
+                    },
                     "ExpressionAttributeValues": {
                         ":n": _n(len(appends)),
                         ":expected": _n(expected_head),
                         ":now": _n(last.created_at_ms),
+                        ":me": _s(writer),
+                        ":clock": _n(now_ms),
                     },
+                    # A lost race names the head that won it (ADR 0034): the next attempt
+                    # is one round trip, not a read and a write.
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             }
         ]
@@ -363,9 +385,10 @@ class DynamoMessageStore:
                     }
                 }
             )
-        codes = await self._transact("TransactWriteItems append", transaction)
-        if codes is None:
+        reasons = await self._transact("TransactWriteItems append", transaction)
+        if reasons is None:
             return BatchOutcome()
+        codes = [str(reason.get("Code") or "None") for reason in reasons]
         failed = {index for index, code in enumerate(codes) if code == "ConditionalCheckFailed"}
         rejected: dict[int, AppendOutcome] = {}
         checks = 1 + 3 * len(appends)
@@ -380,7 +403,58 @@ class DynamoMessageStore:
         head_moved = (
             not rejected or 0 in failed or any(1 + 3 * i in failed for i in range(len(appends)))
         )
-        return BatchOutcome(rejected=rejected, head_moved=head_moved)
+        head: int | None = None
+        claimed_until: int | None = None
+        if head_moved and 0 in failed:
+            item = reasons[0].get("Item") or {}
+            seen = item.get("head", {}).get("N")
+            head = int(seen) if seen is not None else None
+            holder = item.get("claim_writer", {}).get("S")
+            until = int(item.get("claim_until_ms", {}).get("N", 0))
+            if holder is not None and holder != writer and until >= now_ms:
+                claimed_until = until
+        return BatchOutcome(
+            rejected=rejected, head_moved=head_moved, head=head, claimed_until_ms=claimed_until
+        )
+
+    async def claim_head(
+        self, chat_id: str, writer: str, now_ms: int, until_ms: int
+    ) -> HeadClaim | None:
+        request = {
+            "TableName": self.chats,
+            "Key": {"chat_id": _s(chat_id)},
+            "UpdateExpression": "SET #cw = :me, #cu = :until",
+            "ConditionExpression": (
+                "attribute_exists(#c) AND (attribute_not_exists(#cw) OR #cw = :me OR #cu < :clock)"
+            ),
+            "ExpressionAttributeNames": {
+                "#c": "chat_id",
+                "#cw": "claim_writer",
+                "#cu": "claim_until_ms",
+            },
+            "ExpressionAttributeValues": {
+                ":me": _s(writer),
+                ":until": _n(until_ms),
+                ":clock": _n(now_ms),
+            },
+            "ReturnValues": "ALL_NEW",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        try:
+            answer = await self._retry.run(
+                "UpdateItem claim", lambda: self._client.update_item(**request)
+            )
+        except DynamoError as exc:
+            if exc.code != "ConditionalCheckFailedException":
+                raise refused("UpdateItem claim", exc) from exc
+            if not exc.item:
+                return None
+            return HeadClaim(
+                head=_int(exc.item, "head"),
+                claimed=False,
+                until_ms=int(exc.item.get("claim_until_ms", {}).get("N", 0)),
+            )
+        return HeadClaim(head=_int(answer["Attributes"], "head"), claimed=True, until_ms=until_ms)
 
     def _append_items(self, message: Message, record: IdempotencyRecord) -> list[Any]:
         outbox_item = outbox_key(
@@ -418,10 +492,11 @@ class DynamoMessageStore:
             {"Put": {"TableName": self.outbox, "Item": outbox_item}},
         ]
 
-    async def _transact(self, what: str, items: list[Any]) -> list[str] | None:
+    async def _transact(self, what: str, items: list[Any]) -> list[dict[str, Any]] | None:
         """Run one ``TransactWriteItems``: ``None`` when it committed, else the cancellation
-        reason code of each item ("None" for an item that was fine). The one place that turns
-        the SDK's cancellation error into an outcome."""
+        reason of each item (``Code`` "None" for an item that was fine, ``Item`` where one
+        was asked for). The one place that turns the SDK's cancellation error into an
+        outcome."""
         try:
             await self._retry.run(
                 what, lambda: self._client.transact_write_items(TransactItems=items)
@@ -429,7 +504,8 @@ class DynamoMessageStore:
         except DynamoError as exc:
             if exc.code != "TransactionCanceledException":
                 raise refused(what, exc) from exc
-            return exc.cancellation_codes
+            reasons = exc.cancellation_reasons
+            return reasons if reasons else [{"Code": "None"} for _ in items]
         return None
 
     async def read_messages(
