@@ -276,9 +276,17 @@ class Fleet:
     """Connected members: start, consume, close, and their client statistics."""
 
     def __init__(
-        self, ws_url: str, recorder: Recorder, *, options: ClientOptions | None = None
+        self,
+        ws_url: str | Sequence[str],
+        recorder: Recorder,
+        *,
+        options: ClientOptions | None = None,
     ) -> None:
-        self.ws_url = ws_url
+        # Several apps: the n-th client connects to the (n mod apps)-th, so that sends and
+        # sockets are spread over every process (as a load balancer would).
+        self.ws_urls = (ws_url,) if isinstance(ws_url, str) else tuple(ws_url)
+        if not self.ws_urls:
+            raise ValueError("no WebSocket URL")
         self.recorder = recorder
         self.options = options or ClientOptions(discover_on_reconnect=False)
         self.members: list[Member] = []
@@ -299,12 +307,12 @@ class Fleet:
         connected = 0
         last_note = began
 
-        async def one(user: User) -> Member:
+        async def one(index: int, user: User) -> Member:
             nonlocal connected, last_note
             chats = tuple(chats_of(user))
             start_at = dict(positions(user)) if positions else {c: 0 for c in chats}
             client = ChatClient(
-                self.ws_url,
+                self.ws_urls[(len(self.members) + index) % len(self.ws_urls)],
                 user.token,
                 user.device_id,
                 options=self.options,
@@ -322,7 +330,7 @@ class Fleet:
                 say(f"connected {connected}/{len(users)} clients")
             return member
 
-        members = await asyncio.gather(*(one(user) for user in users))
+        members = await asyncio.gather(*(one(i, user) for i, user in enumerate(users)))
         self.members.extend(members)
         return list(members)
 

@@ -88,9 +88,10 @@ class Context:
     def ws_url(self) -> str:
         return self.base_url.replace("http://", "ws://", 1) + "/v1/ws"
 
-    def ws_url_of(self, index: int) -> str:
-        base = self.base_urls[index % len(self.base_urls)]
-        return base.replace("http://", "ws://", 1) + "/v1/ws"
+    @property
+    def ws_urls(self) -> tuple[str, ...]:
+        """Every app's WebSocket URL: a fleet spreads its clients over them."""
+        return tuple(base.replace("http://", "ws://", 1) + "/v1/ws" for base in self.base_urls)
 
     def app_cpu(self, processes: Mapping[str, Mapping[str, float]]) -> float:
         """The app processes' CPU, % of one core, summed (workers included)."""
@@ -294,7 +295,7 @@ async def direct(ctx: Context) -> dict[str, Any]:
     chats = await ctx.population.direct_chats([(users[i], users[pairs + i]) for i in range(pairs)])
     chat_of = {u.user_id: chats[i % pairs].chat_id for i, u in enumerate(users)}
     recorder = Recorder(text_size=opts.text_size, tag=f"d{ctx.namespace.run_id}")
-    fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     members = await fleet.connect(
         users,
         lambda u: (chat_of[u.user_id],),
@@ -391,7 +392,7 @@ async def group(ctx: Context) -> dict[str, Any]:
         chosen = users[:size]
         chat = await ctx.population.group(chosen[0], chosen, f"bench group of {size}")
         recorder = Recorder(text_size=opts.text_size, tag=f"g{size}{ctx.namespace.run_id}")
-        fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+        fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
         ctx.say(f"group of {size}: connecting {size} members")
         members = await fleet.connect(
             chosen,
@@ -444,7 +445,7 @@ async def catchup(ctx: Context) -> dict[str, Any]:
     writers, reader = users[:senders], users[senders]
     chat = await ctx.population.group(writers[0], users, "bench catch-up")
     recorder = Recorder(text_size=opts.text_size, tag=f"c{ctx.namespace.run_id}")
-    fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     members = await fleet.connect(
         writers, lambda _u: (chat.chat_id,), concurrency=opts.connect_concurrency
     )
@@ -474,7 +475,7 @@ async def catchup(ctx: Context) -> dict[str, Any]:
     ctx.sampler.sample()
     _restart_totals(ctx)
     began = time.monotonic()
-    catch_fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    catch_fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     (late,) = await catch_fleet.connect([reader], lambda _u: (chat.chat_id,))
     last = 0
     deadline = began + max(60.0, opts.drain_timeout + head / 200)
@@ -708,7 +709,7 @@ async def mixed(ctx: Context) -> dict[str, Any]:
     online = [u for i, u in enumerate(users) if i not in offline]
     readers = {u.user_id for u in rng.sample(online, len(online) // 5)}
     recorder = Recorder(text_size=opts.text_size, tag=f"m{ctx.namespace.run_id}")
-    fleet = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     members = await fleet.connect(
         online,
         lambda u: tuple(chats_of[u.user_id]),
@@ -759,7 +760,7 @@ async def mixed(ctx: Context) -> dict[str, Any]:
     late_members = await fleet.connect(
         late_users, lambda u: tuple(chats_of[u.user_id]), concurrency=opts.connect_concurrency
     )
-    waiting = Fleet(ctx.ws_url, recorder, options=client_options(ctx))
+    waiting = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
     waiting.members = late_members
     missing = await waiting.wait_delivered(recorder.max_sequence, opts.drain_timeout)
     catch_seconds = time.monotonic() - began
