@@ -358,6 +358,7 @@ def build_services(
         metrics,
         max_attempts=settings.fanout_max_attempts,
         max_backoff_seconds=settings.fanout_max_backoff_seconds,
+        reorder_window_seconds=settings.fanout_reorder_window_seconds,
     )
     gateway = Gateway(
         tokens=tokens,

@@ -107,6 +107,9 @@ class Settings:
     """Tries of a batch that fails with a retriable error before it is parked as dead letters
     (docs/adr/0022-fanout-ports-and-error-seams.md)."""
     fanout_max_backoff_seconds: float = 2.0
+    fanout_reorder_window_seconds: float = 0.05
+    """How long the fanout holds a message whose chat's previous sequence has not come from
+    the log yet, at most (0: no window; docs/adr/0035-in-order-live-delivery.md)."""
 
     # Local stack (``messaging stack``)
     stack_dir: Path = Path(".stack")
@@ -269,6 +272,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "routing_ttl_seconds": _parse_int(2, 3600),
     "fanout_max_attempts": _parse_int(1, 1000),
     "fanout_max_backoff_seconds": _parse_float(0.01, 300.0),
+    "fanout_reorder_window_seconds": _parse_float(0.0, 5.0),
     "stack_dir": Path,
     "dynamodb_emulator": _parse_choice("dynoxide", "moto"),
     "stack_kafka_port": _PORT,
