@@ -265,6 +265,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         auth_timeout_seconds=settings.ws_auth_timeout_seconds,
         idle_timeout_seconds=settings.ws_idle_timeout_seconds,
         sync_page_size=settings.sync_page_size,
+        sync_page_bytes=settings.sync_page_bytes,
         sends=Rate(settings.limit_sends_per_second, settings.limit_sends_burst),
         syncs=Rate(settings.limit_syncs_per_minute / 60, settings.limit_syncs_per_minute),
         connections_per_user=settings.limit_connections_per_user,

@@ -84,6 +84,9 @@ class Settings:
     ws_ping_interval_seconds: float = 20.0
     ws_idle_timeout_seconds: float = 60.0
     sync_page_size: int = 200
+    sync_page_bytes: int = 256 * 1024
+    """A sync replay page holds at most ``sync_page_size`` messages and about this many bytes of
+    frames; the next page is read while one is written (docs/adr/0035-in-order-live-delivery.md)."""
 
     # Abuse limits, per process (docs/adr/0010-abuse-limits-and-origin-checks.md)
     limit_sends_per_second: float = 10.0
@@ -257,6 +260,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ws_ping_interval_seconds": _parse_float(0.1, 3600.0),
     "ws_idle_timeout_seconds": _parse_float(0.5, 7200.0),
     "sync_page_size": _parse_int(1, 1000),  # durability.config.SYNC_MAX_LIMIT
+    "sync_page_bytes": _parse_int(1024, 16 * 1024 * 1024),
     "limit_sends_per_second": _parse_float(0.01, 1_000_000.0),
     "limit_sends_burst": _POSITIVE,
     "limit_syncs_per_minute": _POSITIVE,
