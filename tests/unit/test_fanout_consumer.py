@@ -321,3 +321,16 @@ async def test_stopping_fans_out_what_the_reorder_window_holds() -> None:
         await until(lambda: world.committed() == 2)
         assert world.delivered() == [(chat, 1)]
     assert world.delivered() == [(chat, 1), (chat, 3)]
+
+
+async def test_a_hold_expires_while_the_log_cannot_be_polled() -> None:
+    world = World(reorder_window_seconds=0.05)
+    chat = new_group_id()
+    world.log.append(message(chat, 1))
+    world.log.append(message(chat, 3))
+    async with running(world):
+        await until(lambda: world.committed() == 2)
+        world.source.fail = KafkaConnectionError()
+        await until(lambda: len(world.delivered()) == 2, seconds=1.0)
+        assert world.delivered() == [(chat, 1), (chat, 3)]
+        world.source.fail = None

@@ -183,10 +183,13 @@ class FanoutConsumer:
                 self._metrics.fanout_failures.labels("poll").inc()
                 self._poll_error = describe(exc)
                 log.warning("polling the event log failed; retrying in %.2fs", delay, exc_info=True)
-                await self._sleep(delay)
+                await self._sleep(min(delay, self._poll_timeout()) if self._window else delay)
                 delay = min(self._max_backoff, delay * 2)
                 if self._stopping:
                     return None
+                # The log being away holds no message past its window.
+                if released := self._in_order(()):
+                    await self._deliver(released)
                 continue
             self._poll_error = None
             return batch
