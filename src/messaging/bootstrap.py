@@ -282,6 +282,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         auth_timeout_seconds=settings.ws_auth_timeout_seconds,
         idle_timeout_seconds=settings.ws_idle_timeout_seconds,
         sync_page_size=settings.sync_page_size,
+        sync_page_bytes=settings.sync_page_bytes,
         sends=Rate(settings.limit_sends_per_second, settings.limit_sends_burst),
         syncs=Rate(settings.limit_syncs_per_minute / 60, settings.limit_syncs_per_minute),
         connections_per_user=settings.limit_connections_per_user,
@@ -375,6 +376,7 @@ def build_services(
         metrics,
         max_attempts=settings.fanout_max_attempts,
         max_backoff_seconds=settings.fanout_max_backoff_seconds,
+        reorder_window_seconds=settings.fanout_reorder_window_seconds,
     )
     gateway = Gateway(
         tokens=tokens,

@@ -120,6 +120,23 @@ class Metrics:
             "for the same chat (the socket sends them in this order)",
             registry=r,
         )
+        self.fanout_reorder_holds = Counter(
+            "messaging_fanout_reorder_holds_total",
+            "Records the fanout's reorder window held because their chat's previous sequence "
+            "had not come from the log yet (ADR 0035)",
+            registry=r,
+        )
+        self.fanout_reorder_expired = Counter(
+            "messaging_fanout_reorder_expired_total",
+            "Holds of the reorder window that ended by time: fanned out past a missing "
+            "sequence (ADR 0035)",
+            registry=r,
+        )
+        self.fanout_reorder_held = Gauge(
+            "messaging_fanout_reorder_held_records",
+            "Records held in the fanout's reorder window now (ADR 0035)",
+            registry=r,
+        )
         self.fanout_delivery_lag = Histogram(
             "messaging_fanout_persist_to_handoff_seconds",
             "From persistence to hand-off to the socket's process",

@@ -90,6 +90,9 @@ class Settings:
     the ping interval plus this (25 s; ADR 0034)."""
     ws_idle_timeout_seconds: float = 60.0
     sync_page_size: int = 200
+    sync_page_bytes: int = 256 * 1024
+    """A sync replay page holds at most ``sync_page_size`` messages and about this many bytes of
+    frames; the next page is read while one is written (docs/adr/0035-in-order-live-delivery.md)."""
 
     # Abuse limits, per process (docs/adr/0010-abuse-limits-and-origin-checks.md)
     limit_sends_per_second: float = 10.0
@@ -113,6 +116,9 @@ class Settings:
     """Tries of a batch that fails with a retriable error before it is parked as dead letters
     (docs/adr/0022-fanout-ports-and-error-seams.md)."""
     fanout_max_backoff_seconds: float = 2.0
+    fanout_reorder_window_seconds: float = 0.05
+    """How long the fanout holds a message whose chat's previous sequence has not come from
+    the log yet, at most (0: no window; docs/adr/0035-in-order-live-delivery.md)."""
 
     # Local stack (``messaging stack``)
     stack_dir: Path = Path(".stack")
@@ -297,6 +303,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ws_ping_timeout_seconds": _parse_float(0.1, 3600.0),
     "ws_idle_timeout_seconds": _parse_float(0.5, 7200.0),
     "sync_page_size": _parse_int(1, 1000),  # durability.config.SYNC_MAX_LIMIT
+    "sync_page_bytes": _parse_int(1024, 16 * 1024 * 1024),
     "limit_sends_per_second": _parse_float(0.01, 1_000_000.0),
     "limit_sends_burst": _POSITIVE,
     "limit_syncs_per_minute": _POSITIVE,
@@ -312,6 +319,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "routing_ttl_seconds": _parse_int(2, 3600),
     "fanout_max_attempts": _parse_int(1, 1000),
     "fanout_max_backoff_seconds": _parse_float(0.01, 300.0),
+    "fanout_reorder_window_seconds": _parse_float(0.0, 5.0),
     "stack_dir": Path,
     "dynamodb_emulator": _parse_choice("dynoxide", "moto"),
     "stack_kafka_port": _PORT,

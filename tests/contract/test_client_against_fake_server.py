@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+import attrs
 import pytest
 
 from messaging.client import (
@@ -113,6 +114,31 @@ async def test_a_gap_is_filled_by_a_sync_from_the_last_delivered(server: FakeSer
         syncs = [f for _, f in server.frames if f["type"] == "sync_request" and f.get("chats")]
         assert syncs[-1]["chats"] == [{"chat_id": chat, "last_acked_sequence": 0}]
         assert alice.history.received_sequences(chat) == [1, 2, 3]
+
+
+async def test_a_push_late_by_less_than_the_gap_grace_causes_no_sync(server: FakeServer) -> None:
+    """ADR 0035: a live push that arrives out of order but within ``gap_delay`` fills the gap by
+    itself: no sync request, so no replay of what then also arrives live (no duplicates)."""
+    chat = server.create_chat([A, B])
+    grace = attrs.evolve(FAST, gap_delay=0.5)
+    async with client_for(server, A, options=grace) as alice:
+        await settle(alice)
+        syncs_before = alice.stats.sync_requests
+        server.hold_pushes = True
+        server.post(chat, B, "m1")
+        server.post(chat, B, "m2")
+        (first_conn, first), (second_conn, second) = server.held
+        server.held, server.hold_pushes = [], False
+        second_conn.push(second)  # 2 before 1: a gap
+        await eventually(lambda: alice.stats.gaps_detected == 1)
+        await asyncio.sleep(0.1)  # well inside the grace
+        first_conn.push(first)
+        received = await take(alice, 2)
+        assert [m.sequence for m in received] == [1, 2]
+        await asyncio.sleep(grace.gap_delay)  # past the grace: still no sync
+        assert alice.stats.gap_syncs == 0
+        assert alice.stats.sync_requests == syncs_before
+        assert alice.stats.duplicates == 0
 
 
 async def test_a_lost_last_message_comes_with_resync(server: FakeServer) -> None:

@@ -82,7 +82,7 @@ def message(chat_id: str, sequence: int) -> Message:
 
 
 class World:
-    def __init__(self, max_attempts: int = 3) -> None:
+    def __init__(self, max_attempts: int = 3, reorder_window_seconds: float = 0.0) -> None:
         self.log = InMemoryEventLog(partitions=1)
         self.source = FakeEventSource(self.log)
         self.members = Members()
@@ -106,6 +106,7 @@ class World:
             max_backoff_seconds=0.4,
             first_backoff_seconds=0.1,
             poll_seconds=0.01,
+            reorder_window_seconds=reorder_window_seconds,
             sleep=self.sleep,
         )
 
@@ -282,3 +283,54 @@ def test_kafka_errors_are_translated_by_their_retriable_flag() -> None:
     assert isinstance(permanent, EventLogError)
     assert not permanent.retriable
     assert translate(ConnectionResetError(), "polling").retriable
+
+
+async def test_the_reorder_window_fans_a_late_predecessor_out_first() -> None:
+    world = World(reorder_window_seconds=5.0)
+    chat = new_group_id()
+    world.log.append(message(chat, 1))
+    world.log.append(message(chat, 3))
+    async with running(world):
+        await until(lambda: world.committed() == 2)
+        assert world.delivered() == [(chat, 1)]  # 3 waits for 2 (committed all the same)
+        world.log.append(message(chat, 2))
+        await until(lambda: len(world.delivered()) == 3)
+        assert world.delivered() == [(chat, 1), (chat, 2), (chat, 3)]
+    assert world.sample("messaging_fanout_reorder_holds_total") == 1
+    assert world.sample("messaging_fanout_reorder_expired_total") == 0
+
+
+async def test_the_reorder_window_gives_up_on_a_hole_after_the_window_without_new_records() -> None:
+    world = World(reorder_window_seconds=0.05)
+    chat = new_group_id()
+    for sequence in (1, 3, 4):
+        world.log.append(message(chat, sequence))
+    async with running(world):
+        await until(lambda: len(world.delivered()) == 3, seconds=1.0)
+        assert world.delivered() == [(chat, 1), (chat, 3), (chat, 4)]
+        assert world.sample("messaging_fanout_reorder_held_records") == 0
+    assert world.sample("messaging_fanout_reorder_expired_total") == 1
+
+
+async def test_stopping_fans_out_what_the_reorder_window_holds() -> None:
+    world = World(reorder_window_seconds=60.0)
+    chat = new_group_id()
+    world.log.append(message(chat, 1))
+    world.log.append(message(chat, 3))
+    async with running(world):
+        await until(lambda: world.committed() == 2)
+        assert world.delivered() == [(chat, 1)]
+    assert world.delivered() == [(chat, 1), (chat, 3)]
+
+
+async def test_a_hold_expires_while_the_log_cannot_be_polled() -> None:
+    world = World(reorder_window_seconds=0.05)
+    chat = new_group_id()
+    world.log.append(message(chat, 1))
+    world.log.append(message(chat, 3))
+    async with running(world):
+        await until(lambda: world.committed() == 2)
+        world.source.fail = KafkaConnectionError()
+        await until(lambda: len(world.delivered()) == 2, seconds=1.0)
+        assert world.delivered() == [(chat, 1), (chat, 3)]
+        world.source.fail = None

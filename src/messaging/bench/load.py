@@ -282,9 +282,11 @@ class Fleet:
         *,
         options: ClientOptions | None = None,
     ) -> None:
-        # Several URLs (one per app process): the n-th client connects to URL n mod count.
-        self.ws_urls = [ws_url] if isinstance(ws_url, str) else list(ws_url)
-        self.ws_url = self.ws_urls[0]
+        # Several apps: the n-th client connects to the (n mod apps)-th, so that sends and
+        # sockets are spread over every process (as a load balancer would).
+        self.ws_urls = (ws_url,) if isinstance(ws_url, str) else tuple(ws_url)
+        if not self.ws_urls:
+            raise ValueError("no WebSocket URL")
         self.recorder = recorder
         self.options = options or ClientOptions(discover_on_reconnect=False)
         self.members: list[Member] = []
@@ -310,7 +312,7 @@ class Fleet:
             chats = tuple(chats_of(user))
             start_at = dict(positions(user)) if positions else {c: 0 for c in chats}
             client = ChatClient(
-                self.ws_urls[index % len(self.ws_urls)],
+                self.ws_urls[(len(self.members) + index) % len(self.ws_urls)],
                 user.token,
                 user.device_id,
                 options=self.options,

@@ -89,13 +89,9 @@ class Context:
         return self.base_url.replace("http://", "ws://", 1) + "/v1/ws"
 
     @property
-    def ws_urls(self) -> list[str]:
-        """Every app process's WebSocket URL: fleets spread their clients over them."""
-        return [b.replace("http://", "ws://", 1) + "/v1/ws" for b in self.base_urls]
-
-    def ws_url_of(self, index: int) -> str:
-        base = self.base_urls[index % len(self.base_urls)]
-        return base.replace("http://", "ws://", 1) + "/v1/ws"
+    def ws_urls(self) -> tuple[str, ...]:
+        """Every app's WebSocket URL: a fleet spreads its clients over them."""
+        return tuple(base.replace("http://", "ws://", 1) + "/v1/ws" for base in self.base_urls)
 
     def app_cpu(self, processes: Mapping[str, Mapping[str, float]]) -> float:
         """The app processes' CPU, % of one core, summed (workers included)."""

@@ -32,6 +32,8 @@ COUNTERS = (
     "messaging_sync_replayed_messages",
     "messaging_ws_closes",
     "messaging_ws_out_of_order_pushes",
+    "messaging_fanout_reorder_holds",
+    "messaging_fanout_reorder_expired",
 )
 HISTOGRAMS = (
     "messaging_send_seconds",

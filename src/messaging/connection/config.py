@@ -21,6 +21,8 @@ class GatewayConfig:
     auth_timeout_seconds: float
     idle_timeout_seconds: float
     sync_page_size: int
+    sync_page_bytes: int = 256 * 1024
+    """A replay page's frames weigh about this much at most (ADR 0035)."""
     sends: Rate
     """Sends per user on this process."""
     syncs: Rate

@@ -97,7 +97,12 @@ class Gateway:
             pending_commands=config.pending_commands,
             command=self._work,
             pending_syncs=config.pending_syncs,
-            sync=SyncReplay(reader=reader, metrics=metrics, page_size=config.sync_page_size).answer,
+            sync=SyncReplay(
+                reader=reader,
+                metrics=metrics,
+                page_size=config.sync_page_size,
+                page_bytes=config.sync_page_bytes,
+            ).answer,
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -10,6 +10,12 @@ undecodable record is parked at once. Parked messages are in the database: clien
 
 While a batch is failing, ``check`` (the ``fanout`` readiness check) names its partitions, and
 ``/metrics`` counts failures and dead letters and shows the seconds since the last progress.
+
+Between the log and the fanout sits the per-chat reorder window (ADR 0035): records a chat's
+predecessor has not come for are held at most ``reorder_window_seconds`` (the poll waits no
+longer than the earliest hold), then fanned out in sequence order. A batch is committed once
+what it released is handed off; what it left held is fanned out by a later turn of the loop, or
+on stop.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from messaging.domain.errors import MessagingError
 from messaging.domain.model import Message
 from messaging.fanout.ports import DeadLetters, EventBatch, EventRecord, EventSource
+from messaging.fanout.reorder import ReorderWindow
 from messaging.fanout.service import FanoutService
 from messaging.metrics import Metrics
 
@@ -58,6 +65,7 @@ class FanoutConsumer:
         max_backoff_seconds: float,
         first_backoff_seconds: float = 0.05,
         poll_seconds: float = 0.5,
+        reorder_window_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -71,6 +79,7 @@ class FanoutConsumer:
         self._first_backoff = first_backoff_seconds
         self._max_backoff = max_backoff_seconds
         self._poll_seconds = poll_seconds
+        self._window = ReorderWindow(reorder_window_seconds) if reorder_window_seconds > 0 else None
         self._clock = clock
         self._sleep = sleep
         self._stopping = False
@@ -82,6 +91,9 @@ class FanoutConsumer:
         metrics.fanout_seconds_since_progress.set_function(
             lambda: self._clock() - self._last_progress
         )
+        window = self._window
+        if window is not None:
+            metrics.fanout_reorder_held.set_function(lambda: window.held)
 
     # ---------------------------------------------------------------- lifecycle and health
 
@@ -133,26 +145,51 @@ class FanoutConsumer:
             for bad in batch.undecodable:
                 reason = f"undecodable: {bad.reason}"
                 await self._park(bad.raw, bad.partition, bad.offset, reason, "undecodable")
-            if batch.records and not await self._deliver(batch.records):
-                return
+            records = self._in_order(batch.records)
+            if records:
+                await self._deliver(records)
             self._recovered()
             if batch.records or batch.undecodable:
                 await self._commit(batch)
             self._progressed()
+        if self._window is not None and (held := self._window.drain()):
+            await self._deliver(held)
+
+    def _in_order(self, records: Sequence[EventRecord]) -> Sequence[EventRecord]:
+        """What to fan out now: the records through the reorder window (with the holds that
+        expired meanwhile), or as they came without one."""
+        window = self._window
+        if window is None:
+            return records
+        holds, expired = window.holds, window.expired
+        released = window.offer(records, self._clock())
+        self._metrics.fanout_reorder_holds.inc(window.holds - holds)
+        self._metrics.fanout_reorder_expired.inc(window.expired - expired)
+        return released
+
+    def _poll_timeout(self) -> float:
+        """No longer than the earliest hold of the reorder window may still wait."""
+        due = self._window.next_due() if self._window is not None else None
+        if due is None:
+            return self._poll_seconds
+        return max(0.0, min(self._poll_seconds, due - self._clock()))
 
     async def _poll(self) -> EventBatch | None:
         delay = self._first_backoff
         while True:
             try:
-                batch = await self._source.poll(self._poll_seconds)
+                batch = await self._source.poll(self._poll_timeout())
             except Exception as exc:
                 self._metrics.fanout_failures.labels("poll").inc()
                 self._poll_error = describe(exc)
                 log.warning("polling the event log failed; retrying in %.2fs", delay, exc_info=True)
-                await self._sleep(delay)
+                await self._sleep(min(delay, self._poll_timeout()) if self._window else delay)
                 delay = min(self._max_backoff, delay * 2)
                 if self._stopping:
                     return None
+                # The log being away holds no message past its window.
+                if released := self._in_order(()):
+                    await self._deliver(released)
                 continue
             self._poll_error = None
             return batch
