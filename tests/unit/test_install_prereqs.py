@@ -243,6 +243,7 @@ def test_the_versions_are_the_stacks() -> None:
     assert f"KAFKA_VERSION={services.KAFKA_VERSION}\n" in text
     assert f"DYNOXIDE_VERSION={services.DYNOXIDE_VERSION}\n" in text
     assert f"DYNOXIDE_MIN_RUST={services.DYNOXIDE_MIN_RUST} " in text
+    assert f"TOXIPROXY_VERSION={services.TOXIPROXY_VERSION}\n" in text
 
 
 def test_make_and_ci_call_this_one_script() -> None:
