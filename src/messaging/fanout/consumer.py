@@ -46,6 +46,9 @@ class _Stopped(Exception):
 
 class FanoutConsumer:
     name = "fanout"
+    critical = False
+    """A failing fanout degrades freshness, not readiness (ADR 0033): sends still work, and
+    the direct path beside the log delivers meanwhile."""
 
     def __init__(
         self,
@@ -108,6 +111,11 @@ class FanoutConsumer:
             partitions = ", ".join(str(p) for p in sorted(self._failing))
             reason = next(iter(self._failing.values()))
             raise RuntimeError(f"partition(s) {partitions} failing for {since:.0f}s: {reason}")
+
+    @property
+    def failing(self) -> bool:
+        """Polling fails or a batch keeps failing (what ``check`` reports)."""
+        return self._poll_error is not None or bool(self._failing)
 
     def _progressed(self) -> None:
         self._last_progress = self._clock()

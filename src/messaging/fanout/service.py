@@ -7,6 +7,11 @@ bounded cache), keep for each message the members who joined before it, look up 
 sockets are (Redis), and hand each process its deliveries: the local process directly, the
 others over the hand-off channel. A member with no socket anywhere is offline and will catch up
 by sync (decision 7: no pushes to dead sockets).
+
+Local delivery needs no Redis (ADR 0033): this process's own sockets are served first, before
+the route lookup, from every member the message is for (``LocalDelivery.deliver`` skips users
+without a socket here). A failing lookup or hand-off then fails the batch as before (the
+consumer retries it; a retry does not queue a message twice to a connection).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from messaging.domain.ids import is_direct_chat_id
 from messaging.domain.model import Message
@@ -63,6 +68,24 @@ class FanoutService:
         if len(self._direct) > DIRECT_CHATS_CACHED:
             self._direct.popitem(last=False)
 
+    @staticmethod
+    def _plan(
+        by_chat: dict[str, list[Message]],
+        joined_by_chat: dict[str, dict[str, int]],
+        users: Collection[str],
+    ) -> list[Delivery]:
+        """Each message for those of ``users`` who joined its chat before it."""
+        plan: list[Delivery] = []
+        for chat_id, chat_messages in by_chat.items():
+            joined = joined_by_chat[chat_id]
+            for message in chat_messages:
+                recipients = tuple(
+                    sorted(u for u in users if u in joined and message.sequence > joined[u])
+                )
+                if recipients:
+                    plan.append(Delivery(message, recipients))
+        return plan
+
     async def fan_out(self, messages: Sequence[Message]) -> None:
         self._metrics.since_created(
             self._metrics.created_to_consumed, (m.created_at_ms for m in messages), self._clock()
@@ -88,25 +111,15 @@ class FanoutService:
         joined_by_chat = dict(
             zip(by_chat, await asyncio.gather(*map(members_of, by_chat)), strict=True)
         )
-        where = await self._routes.lookup(
-            {user for joined in joined_by_chat.values() for user in joined}
-        )
-        plan: dict[str, list[Delivery]] = defaultdict(list)
-        for chat_id, chat_messages in by_chat.items():
-            joined = joined_by_chat[chat_id]
-            for instance, users in where.items():
-                for message in chat_messages:
-                    recipients = tuple(
-                        sorted(u for u in users if u in joined and message.sequence > joined[u])
-                    )
-                    if recipients:
-                        plan[instance].append(Delivery(message, recipients))
+        everyone = {user for joined in joined_by_chat.values() for user in joined}
         self._faults.hit(FaultPoint.BEFORE_HANDOFF)
-        for instance, deliveries in plan.items():
-            if instance == self._instance_id:
-                self._local.deliver(deliveries)
-            else:
-                await self._handoff.send(instance, deliveries)
+        self._local.deliver(self._plan(by_chat, joined_by_chat, everyone))
+        where = await self._routes.lookup(everyone)
+        for instance, users in where.items():
+            if instance != self._instance_id:
+                deliveries = self._plan(by_chat, joined_by_chat, users)
+                if deliveries:
+                    await self._handoff.send(instance, deliveries)
         now_ms = self._clock() * 1000
         for message in messages:
             self._metrics.fanout_delivery_lag.observe(
