@@ -129,7 +129,8 @@ class Metrics:
         self.fanout_direct = Counter(
             "messaging_fanout_direct_messages_total",
             "Messages fanned out directly beside the log while it is degraded (ADR 0033), by"
-            " outcome: delivered, failed (Redis part), dropped (queue full)",
+            " outcome: local (queued to this process's sockets), handed_off (to the other"
+            " processes), failed, dropped (a queue full)",
             ["outcome"],
             registry=r,
         )
