@@ -200,3 +200,19 @@ async def test_readyz_tells_cannot_serve_from_serves_degraded() -> None:
         assert await ready() == (200, "degraded", [], ["kafka"])
         store.ok = False
         assert await ready() == (503, "unavailable", ["dynamodb"], ["kafka"])
+
+
+async def test_a_message_a_sync_replayed_is_not_queued_live_again() -> None:
+    metrics = Metrics()
+    local = LocalConnections(metrics)
+    sent = Sent()
+    conn = connection(ALICE, sent, metrics)
+    local.add(conn)
+    chat = new_group_id()
+    local.replayed(conn, chat, 1)  # what SyncReplay tells it
+    assert (
+        local.deliver([Delivery(message(chat, 1), (ALICE,)), Delivery(message(chat, 2), (ALICE,))])
+        == 1
+    )
+    await asyncio.sleep(0.01)
+    assert sequences(sent) == [2]

@@ -86,7 +86,12 @@ class Gateway:
             pending_commands=config.pending_commands,
             command=self._work,
             pending_syncs=config.pending_syncs,
-            sync=SyncReplay(reader=reader, metrics=metrics, page_size=config.sync_page_size).answer,
+            sync=SyncReplay(
+                reader=reader,
+                metrics=metrics,
+                page_size=config.sync_page_size,
+                replayed=local.replayed,
+            ).answer,
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -2,9 +2,10 @@
 
 A message can reach this process more than once: the direct path beside the log and then the log
 itself after an outage (ADR 0033), a batch retried after a failed hand-off, the outbox sweeper's
-republish. ``deliver`` remembers, for the last :data:`RECENT_MESSAGES` messages it queued, which
-connections it queued each to, and does not queue the same message to the same connection
-twice (clients drop duplicates by sequence anyway: this only saves the frames).
+republish. ``deliver`` remembers, for the last :data:`RECENT_MESSAGES` messages it queued (or a
+sync replayed: ``replayed``), which connections were sent each, and does not queue the same
+message to the same connection twice (clients drop duplicates by sequence anyway: this only
+saves the frames).
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class LocalConnections:
                         queued += 1
         self._metrics.fanout_deliveries.inc(queued)
         return queued
+
+    def replayed(self, connection: Connection, chat_id: str, sequence: int) -> None:
+        """A sync replayed this message to ``connection``: live delivery skips it there."""
+        self._sent_to(chat_id, sequence).add(connection.connection_id)
 
     def _sent_to(self, chat_id: str, sequence: int) -> set[str]:
         """The connections this message was queued to (remembered for the latest ones)."""

@@ -11,6 +11,8 @@ answers stay in request order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from messaging.connection.answers import domain_error, rate_limited
 from messaging.connection.session import Connection, State
 from messaging.domain.errors import MessagingError
@@ -23,10 +25,20 @@ SyncItem = tuple[frames.SyncRequest, float]
 
 
 class SyncReplay:
-    def __init__(self, *, reader: ConversationReader, metrics: Metrics, page_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        reader: ConversationReader,
+        metrics: Metrics,
+        page_size: int,
+        replayed: Callable[[Connection, str, int], None] = lambda *_: None,
+    ) -> None:
         self._reader = reader
         self._metrics = metrics
         self._page_size = page_size
+        self._replayed = replayed
+        """Told each message replayed to a connection (so that live delivery does not queue
+        it again: ``LocalConnections.replayed``, ADR 0033)."""
 
     async def answer(self, connection: Connection, item: SyncItem) -> None:
         """One sync request, in its turn on the connection's sync lane."""
@@ -59,6 +71,7 @@ class SyncReplay:
             )
             for message in page.messages:
                 await self._paced(connection, frames.message(message, replay=True))
+                self._replayed(connection, message.chat_id, message.sequence)
             self._metrics.sync_replays.inc(len(page.messages))
             if page.messages:
                 after = page.messages[-1].sequence
