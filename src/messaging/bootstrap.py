@@ -235,6 +235,13 @@ async def open_adapters(
             DevOtpSender(redis, settings.table_prefix) if settings.otp_sender == "dev" else None
         )
         handoff = RedisHandoff(redis, settings.instance_id)
+
+        def routing_lost(reason: str) -> None:
+            # Redis answers again after an outage, or lost its state: a fresh subscription
+            # (its own resync follows) and a resync now (ADR 0033).
+            handoff.resubscribe()
+            local.suggest_resync(reason)
+
         yield Adapters(
             store=dynamo.store,
             outbox=dynamo.outbox,
@@ -250,7 +257,7 @@ async def open_adapters(
                 redis,
                 settings.instance_id,
                 ttl_seconds=settings.routing_ttl_seconds,
-                on_lost=local.suggest_resync,
+                on_lost=routing_lost,
             ),
             handoff=handoff,
             receiver=handoff,
