@@ -237,10 +237,11 @@ async def open_adapters(
         handoff = RedisHandoff(redis, settings.instance_id)
 
         def routing_lost(reason: str) -> None:
-            # Redis answers again after an outage, or lost its state: a fresh subscription
-            # (its own resync follows) and a resync now (ADR 0033).
+            # Redis answers again after an outage, or lost its state: a fresh subscription,
+            # then one resync to every local connection once it listens (ADR 0033), so that
+            # the clients' syncs start after the last hand-off that could be missed.
+            log.info("routing %s: renewing the hand-off subscription", reason)
             handoff.resubscribe()
-            local.suggest_resync(reason)
 
         yield Adapters(
             store=dynamo.store,

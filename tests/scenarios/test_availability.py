@@ -35,9 +35,12 @@ LIVE_FROM = 3.0
 """Seconds after the cut from which the cut process's clients must be receiving live frames."""
 MIN_LIVE = 10
 """Live ``message`` frames a's clients must receive between LIVE_FROM and the end of the cut."""
-RESYNC_BOUND = ROUTING_TTL / 3 + 2 * 2.0 + 2.0
-"""After healing, every client of the cut process gets ``resync`` within one refresh period
-plus two Redis socket timeouts plus this margin."""
+REDIS_COMMAND_BUDGET = 4 * 2.0 + 1.0
+"""One Redis command on a connection that lived through the cut: four tries (the client's
+retries) of the 2 s socket timeout, and their backoff."""
+RESYNC_BOUND = ROUTING_TTL / 3 + 2 * REDIS_COMMAND_BUDGET + 2.0
+"""After healing, every client of the cut process gets ``resync`` within one refresh period,
+two command budgets (the refresh, then the new hand-off subscription) and this margin."""
 
 
 def live_between(members: list[Member], start_ms: int, end_ms: int) -> int:

@@ -55,7 +55,13 @@ class RedisHandoff:
         """Deliver what other processes hand to this one, until cancelled. After a lost
         subscription, local connections are told to resync (hand-offs may have been missed)."""
         first = True
+        renew = False
         while True:
+            if renew:
+                # Every pooled connection may have lived through the outage: none is reused
+                # (a dead one would take the new SUBSCRIBE without a word).
+                await self._redis.connection_pool.disconnect()
+            renew = False
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             self._resubscribe.clear()
             try:
@@ -75,6 +81,7 @@ class RedisHandoff:
                 if not listening.cancelled() and (error := listening.exception()) is not None:
                     raise error
                 self._subscribed.clear()
+                renew = True
                 log.info("resubscribing to hand-offs on a fresh connection")
             except (RedisError, OSError):
                 self._subscribed.clear()
