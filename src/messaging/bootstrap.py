@@ -40,6 +40,7 @@ from messaging.connection.config import GatewayConfig
 from messaging.connection.gateway import Gateway
 from messaging.connection.registry import LocalConnections
 from messaging.domain.limits import KeyedBuckets, Rate
+from messaging.domain.model import Message
 from messaging.durability import api as durability_api
 from messaging.durability.acks import DeliveryAcks
 from messaging.durability.adapters.dynamodb_store import DynamoMessageStore, DynamoOutbox
@@ -54,6 +55,7 @@ from messaging.fanout.adapters.kafka_events import KafkaEventSource
 from messaging.fanout.adapters.redis_handoff import RedisHandoff
 from messaging.fanout.adapters.redis_routing import RedisRoutes
 from messaging.fanout.consumer import FanoutConsumer
+from messaging.fanout.direct import DirectFanout
 from messaging.fanout.ports import DeadLetters, EventSource, Handoff, HandoffReceiver, RouteTable
 from messaging.fanout.service import FanoutService
 from messaging.identity import api as identity_api
@@ -237,6 +239,14 @@ async def open_adapters(
             DevOtpSender(redis, settings.table_prefix) if settings.otp_sender == "dev" else None
         )
         handoff = RedisHandoff(redis, settings.instance_id)
+
+        def routing_lost(reason: str) -> None:
+            # Redis answers again after an outage, or lost its state: a fresh subscription,
+            # then one resync to every local connection once it listens (ADR 0033), so that
+            # the clients' syncs start after the last hand-off that could be missed.
+            log.info("routing %s: renewing the hand-off subscription", reason)
+            handoff.resubscribe()
+
         yield Adapters(
             store=dynamo.store,
             outbox=dynamo.outbox,
@@ -252,7 +262,7 @@ async def open_adapters(
                 redis,
                 settings.instance_id,
                 ttl_seconds=settings.routing_ttl_seconds,
-                on_lost=local.suggest_resync,
+                on_lost=routing_lost,
             ),
             handoff=handoff,
             receiver=handoff,
@@ -322,7 +332,20 @@ class Services:
     acks: DeliveryAcks
     relay: OutboxRelay
     fanout: FanoutConsumer
+    direct: DirectFanout
     gateway: Gateway
+
+
+@attrs.frozen
+class _Both:
+    """Ingest's sink: the outbox relay, then the direct fanout path (ADR 0033)."""
+
+    relay: OutboxRelay
+    direct: DirectFanout
+
+    def submit(self, message: Message) -> None:
+        self.relay.submit(message)
+        self.direct.submit(message)
 
 
 def build_services(
@@ -344,6 +367,20 @@ def build_services(
         devices=adapters.devices,
         dev_inbox=adapters.dev_inbox,
     )
+    config = durability_config(settings)
+    chats = ChatService(adapters.store, adapters.users, config)
+    fanout_service = FanoutService(
+        chats,
+        adapters.routes,
+        adapters.handoff,
+        local,
+        instance_id=settings.instance_id,
+        metrics=metrics,
+        faults=faults,
+    )
+    # ADR 0033: while the log path is degraded, just-persisted messages are also fanned out
+    # directly (the relay and the consumer tell; both are built below, read late).
+    direct = DirectFanout(fanout_service, lambda: relay.publishing_fails or fanout.failing, metrics)
     relay = OutboxRelay(
         adapters.store,
         adapters.outbox,
@@ -351,10 +388,9 @@ def build_services(
         metrics,
         repair_after_seconds=settings.outbox_repair_after_seconds,
         sweep_interval_seconds=settings.outbox_sweep_interval_seconds,
+        on_unpublished=direct.unpublished,
     )
-    config = durability_config(settings)
-    ingest = IngestService(adapters.store, config, sink=relay, faults=faults)
-    chats = ChatService(adapters.store, adapters.users, config)
+    ingest = IngestService(adapters.store, config, sink=_Both(relay, direct), faults=faults)
     acks = DeliveryAcks(
         adapters.store,
         chats.check_ack,
@@ -363,15 +399,7 @@ def build_services(
     )
     fanout = FanoutConsumer(
         adapters.events,
-        FanoutService(
-            chats,
-            adapters.routes,
-            adapters.handoff,
-            local,
-            instance_id=settings.instance_id,
-            metrics=metrics,
-            faults=faults,
-        ),
+        fanout_service,
         adapters.dead_letters,
         metrics,
         max_attempts=settings.fanout_max_attempts,
@@ -397,6 +425,7 @@ def build_services(
         acks=acks,
         relay=relay,
         fanout=fanout,
+        direct=direct,
         gateway=gateway,
     )
 
@@ -443,6 +472,7 @@ async def build_runtime(
         background = await stack.enter_async_context(BackgroundTasks())
         background.start("outbox-relay", services.relay.run(), services.relay.flush)
         background.start("fanout", services.fanout.run(), services.fanout.stop)
+        background.start("direct-fanout", services.direct.run())
         background.start("routing-refresh", adapters.routes.run())
         background.start("handoff-subscriber", adapters.receiver.run_subscriber(local))
         background.start("idle-sweep", services.gateway.sweep_idle())

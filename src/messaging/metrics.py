@@ -148,6 +148,19 @@ class Metrics:
             "Message frames queued to local sockets",
             registry=r,
         )
+        self.fanout_direct = Counter(
+            "messaging_fanout_direct_messages_total",
+            "Messages fanned out directly beside the log while it is degraded (ADR 0033), by"
+            " outcome: local (queued to this process's sockets), handed_off (to the other"
+            " processes), failed, dropped (a queue full)",
+            ["outcome"],
+            registry=r,
+        )
+        self.fanout_duplicates_skipped = Counter(
+            "messaging_fanout_duplicates_skipped_total",
+            "Message frames not queued again to a connection already queued them (ADR 0033)",
+            registry=r,
+        )
         self.fanout_failures = Counter(
             "messaging_fanout_failures_total",
             "Failed fanout steps: poll, commit, dead_letter, or a batch's retriable or permanent"

@@ -19,6 +19,7 @@ from messaging.domain.errors import Unavailable
 from messaging.domain.ids import new_group_id
 from messaging.domain.model import Message
 from messaging.fanout.adapters.logged_dead_letters import LoggedDeadLetters
+from messaging.fanout.adapters.redis_handoff import RedisHandoff
 from messaging.fanout.ports import DeadLetters, EventBatch, EventSource
 from messaging.protocol.delivery import Delivery
 from tests.contract.fanout_targets import (
@@ -244,6 +245,7 @@ class Received:
         self.deliveries: list[Delivery] = []
         self.resyncs: list[str] = []
         self.arrived = asyncio.Event()
+        self.resynced = asyncio.Event()
 
     def deliver(self, deliveries: Sequence[Delivery]) -> int:
         self.deliveries.extend(deliveries)
@@ -252,6 +254,7 @@ class Received:
 
     def suggest_resync(self, reason: str) -> None:
         self.resyncs.append(reason)
+        self.resynced.set()
 
 
 async def test_a_hand_off_reaches_the_subscribed_instance_only(shared: RedisTarget) -> None:
@@ -269,6 +272,37 @@ async def test_a_hand_off_reaches_the_subscribed_instance_only(shared: RedisTarg
             await received.arrived.wait()
         assert received.deliveries == sent
         assert received.resyncs == []
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_the_redis_hand_off_resubscribes_on_request_and_asks_for_a_resync(
+    shared: RedisTarget,
+) -> None:
+    """ADR 0033: once Redis answers again after an outage, the subscription is renewed on a
+    fresh connection (one that lived through a blackhole may be left mid-frame) and the local
+    connections are told to resync; hand-offs go on arriving."""
+    if shared.kind != "redis":
+        pytest.skip("the Redis adapter's own recovery (the fake has no connection)")
+    here, there = instance(), instance()
+    receiver, sender = shared.handoff(there), shared.handoff(here)
+    assert isinstance(receiver, RedisHandoff)
+    received = Received()
+    task = asyncio.create_task(receiver.run_subscriber(received))
+    try:
+        async with asyncio.timeout(SECONDS):
+            await receiver.subscribed()
+            receiver.resubscribe()
+            await received.resynced.wait()
+            await receiver.subscribed()
+        assert received.resyncs == ["handoff_reconnected"]
+        sent = [Delivery(message(new_group_id(), 8), ("u_a",))]
+        await sender.send(there, sent)
+        async with asyncio.timeout(SECONDS):
+            await received.arrived.wait()
+        assert received.deliveries == sent
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -63,6 +63,7 @@ def test_app_processes_are_alive_and_ready(apps: list[AppProcess]) -> None:
         }
         ready = httpx.get(app.base_url + "/readyz")
         assert ready.status_code == 200, ready.text
+        assert (ready.json()["status"], ready.json()["degraded"]) == ("ready", []), ready.text
         assert ready.json()["checks"] == {
             "kafka": {"ok": True},
             "dynamodb": {"ok": True},

@@ -219,16 +219,21 @@ async def test_readiness_and_metrics_name_a_failing_partition_while_it_is_retrie
     async with running(world), httpx.AsyncClient(transport=transport, base_url="http://t") as http:
         await until(lambda: len(world.sleeps) >= 3)
         answer = await http.get("/readyz")
-        assert answer.status_code == 503
+        # ADR 0033: a failing fanout degrades freshness, not readiness.
+        assert answer.status_code == 200
         body = answer.json()
-        assert body["failing"] == ["fanout"]
+        assert body["status"] == "degraded"
+        assert (body["failing"], body["degraded"]) == ([], ["fanout"])
+        assert world.consumer.failing
         assert "partition(s) 0 failing" in body["checks"]["fanout"]["error"]
         assert "store is away" in body["checks"]["fanout"]["error"]
         assert world.committed() == 0
         assert world.sample("messaging_fanout_failures_total", kind="retriable") >= 3
         del world.members.broken[chat]
         await until(lambda: world.committed() == 1)
-        assert (await http.get("/readyz")).status_code == 200
+        answer = await http.get("/readyz")
+        assert (answer.status_code, answer.json()["status"]) == (200, "ready")
+        assert not world.consumer.failing
 
 
 async def test_stopping_during_retries_leaves_the_batch_uncommitted() -> None:

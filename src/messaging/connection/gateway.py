@@ -102,6 +102,7 @@ class Gateway:
                 metrics=metrics,
                 page_size=config.sync_page_size,
                 page_bytes=config.sync_page_bytes,
+                replayed=local.replayed,
             ).answer,
         )
 

@@ -15,7 +15,7 @@ sync rate is answered with ``rate_limited`` in its turn, so that answers stay in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from messaging.connection.answers import domain_error, rate_limited
 from messaging.connection.session import Connection, State
@@ -49,6 +49,7 @@ class SyncReplay:
         metrics: Metrics,
         page_size: int,
         page_bytes: int = DEFAULT_PAGE_BYTES,
+        replayed: Callable[[Connection, str, int], None] = lambda *_: None,
     ) -> None:
         if page_size < 1 or page_bytes < 1:
             raise ValueError("page_size and page_bytes must be >= 1")
@@ -56,6 +57,9 @@ class SyncReplay:
         self._metrics = metrics
         self._page_size = page_size
         self._page_bytes = page_bytes
+        self._replayed = replayed
+        """Told each message replayed to a connection (so that live delivery does not queue
+        it again: ``LocalConnections.replayed``, ADR 0033)."""
 
     async def answer(self, connection: Connection, item: SyncItem) -> None:
         """One sync request, in its turn on the connection's sync lane."""
@@ -101,8 +105,9 @@ class SyncReplay:
                             user_id, chat_id, page.messages[-1].sequence, limit
                         )
                     )
-                for frame in encoded:
+                for message, frame in zip(page.messages, encoded, strict=True):
                     await self._paced_bytes(connection, frame, "message")
+                    self._replayed(connection, message.chat_id, message.sequence)
                 self._metrics.sync_replays.inc(len(page.messages))
                 if not page.has_more:
                     break

@@ -13,6 +13,11 @@ So a message acknowledged to its sender reaches Kafka within about ``repair_afte
 sweep_interval`` (defaults 2 s + 1 s) even if its process dies. Several processes may sweep the
 same entry: the message is then published twice, which at-least-once delivery already allows
 (clients drop duplicates by sequence).
+
+While publishing fails (Kafka unreachable), ``publishing_fails`` says so and the messages of each
+failed direct publish go to ``on_unpublished``: the composition root gives them to the direct
+fanout path (ADR 0033), so live delivery does not wait for the log. The outbox entries stay:
+the sweeper still publishes them once Kafka is back.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from messaging.domain.model import Message
 from messaging.durability.ports import MessagePublisher, MessageStore, Outbox, OutboxEntry
@@ -28,6 +33,8 @@ from messaging.metrics import Metrics
 
 log = logging.getLogger(__name__)
 BATCH = 100
+STALLED_SECONDS = 1.0
+"""A publish still in flight after this long counts as failing (Kafka's own timeout is 10 s)."""
 
 
 class OutboxRelay:
@@ -42,6 +49,7 @@ class OutboxRelay:
         repair_after_seconds: float = 2.0,
         sweep_interval_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
+        on_unpublished: Callable[[Sequence[Message]], None] = lambda _: None,
     ) -> None:
         self._store = store
         self._outbox = outbox
@@ -52,6 +60,10 @@ class OutboxRelay:
         self._sweep_interval = sweep_interval_seconds
         self._clock = clock
         self.dropped = 0
+        self._on_unpublished = on_unpublished
+        self._failed = False
+        self._publishing_since: dict[str, float] = {}
+        """Per path (direct, sweep): when its publish in flight started."""
 
     def submit(self, message: Message) -> None:
         """Hand a just-persisted message to the publisher; never blocks the send path."""
@@ -59,6 +71,15 @@ class OutboxRelay:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
             self.dropped += 1  # its outbox entry stays; the sweeper publishes it
+
+    @property
+    def publishing_fails(self) -> bool:
+        """True from a failed publish until the next successful one, and while a publish has
+        been in flight for more than :data:`STALLED_SECONDS`."""
+        now = time.monotonic()
+        return self._failed or any(
+            now - since > STALLED_SECONDS for since in self._publishing_since.values()
+        )
 
     async def run(self) -> None:
         """Publish and sweep until cancelled."""
@@ -118,12 +139,19 @@ class OutboxRelay:
     async def _publish(self, messages: list[Message], *, path: str) -> None:
         if not messages:
             return
+        self._publishing_since[path] = time.monotonic()
         try:
             await self._publisher.publish(messages)
         except Exception:
             self._metrics.publish_failures.inc()
+            self._failed = True
             log.warning("publishing %d message(s) failed; the sweeper retries", len(messages))
+            if path == "direct":
+                self._on_unpublished(messages)
             return
+        finally:
+            del self._publishing_since[path]
+        self._failed = False
         self._metrics.published.labels(path).inc(len(messages))
         self._metrics.since_created(
             self._metrics.created_to_published.labels(path),

@@ -47,12 +47,19 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+STALLED_SECONDS = 1.0
+"""A batch's fanout in flight for longer counts as failing for the direct path's trigger."""
+
+
 class _Stopped(Exception):
     """Stop was asked while a batch was in hand: leave it uncommitted (it is re-delivered)."""
 
 
 class FanoutConsumer:
     name = "fanout"
+    critical = False
+    """A failing fanout degrades freshness, not readiness (ADR 0033): sends still work, and
+    the direct path beside the log delivers meanwhile."""
 
     def __init__(
         self,
@@ -88,6 +95,7 @@ class FanoutConsumer:
         self._poll_error: str | None = None
         self._failing: dict[int, str] = {}
         self._failing_since: float | None = None
+        self._attempt_since: float | None = None
         metrics.fanout_seconds_since_progress.set_function(
             lambda: self._clock() - self._last_progress
         )
@@ -120,6 +128,15 @@ class FanoutConsumer:
             partitions = ", ".join(str(p) for p in sorted(self._failing))
             reason = next(iter(self._failing.values()))
             raise RuntimeError(f"partition(s) {partitions} failing for {since:.0f}s: {reason}")
+
+    @property
+    def failing(self) -> bool:
+        """Polling fails, a batch keeps failing (what ``check`` reports), or the fanout of
+        a batch has been in flight for more than :data:`STALLED_SECONDS` (Redis or the store
+        silent): the direct path (ADR 0033) runs meanwhile."""
+        since = self._attempt_since
+        stalled = since is not None and self._clock() - since > STALLED_SECONDS
+        return self._poll_error is not None or bool(self._failing) or stalled
 
     def _progressed(self) -> None:
         self._last_progress = self._clock()
@@ -237,6 +254,7 @@ class FanoutConsumer:
         ended the attempts, or None on success. Raises ``_Stopped`` if stopped meanwhile."""
         delay = self._first_backoff
         for attempt in range(1, self._max_attempts + 1):
+            self._attempt_since = self._clock()
             try:
                 await self._service.fan_out(messages)
                 return None
@@ -260,6 +278,8 @@ class FanoutConsumer:
                 delay = min(self._max_backoff, delay * 2)
                 if self._stopping:
                     raise _Stopped from exc
+            finally:
+                self._attempt_since = None
         raise AssertionError("unreachable")
 
     async def _park(

@@ -81,9 +81,12 @@ async def open_reader(bootstrap: str, *, client_id: str) -> AsyncIterator[AIOKaf
 
 
 class KafkaHealth:
-    """Ready when the broker answers a metadata request within the timeout."""
+    """Ready when the broker answers a metadata request within the timeout. Not critical
+    (ADR 0033): without Kafka a process still takes sends and delivers directly, so ``/readyz``
+    says degraded rather than unready."""
 
     name = "kafka"
+    critical = False
 
     def __init__(self, producer: AIOKafkaProducer, timeout_seconds: float = 2.0) -> None:
         self._producer = producer
