@@ -71,7 +71,9 @@ async def test_two_workers_share_the_port_deliver_across_each_other_and_stop_tog
     sockets: list[Socket] = []
     async with Redis.from_url(stack.redis_url) as redis:
         for _ in range(8):
-            sockets.append(await authed(workers, receiver))
+            # A device of its own per socket: a second socket of one device replaces the first.
+            device = await login(workers, phone=receiver.phone)
+            sockets.append(await authed(workers, device))
             if len(await redis.zrange(f"route:{receiver.user_id}", 0, -1)) == 2:
                 break
         assert len(await redis.zrange(f"route:{receiver.user_id}", 0, -1)) == 2
