@@ -67,6 +67,7 @@ def test_app_processes_are_alive_and_ready(apps: list[AppProcess]) -> None:
         assert ready.json()["checks"] == {
             "kafka": {"ok": True},
             "dynamodb": {"ok": True},
+            "store_latency": {"ok": True},  # ADR 0034: a slow store path shows here
             "redis": {"ok": True},
             "background": {"ok": True},
             "routing": {"ok": True},
