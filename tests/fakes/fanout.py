@@ -291,3 +291,37 @@ class RecordingDeadLetters:
         if self.fail:
             raise Unavailable("the dead-letter store is away")
         self.parked.append(Parked(record, partition, offset, reason))
+
+
+class Local:
+    """Local delivery that records what it was given."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+
+    def deliver(self, deliveries: Sequence[Delivery]) -> int:
+        self.deliveries.extend(deliveries)
+        return len(deliveries)
+
+    def suggest_resync(self, reason: str) -> None:
+        return None
+
+
+class NoHandoff:
+    """A hand-off that must not be used: every recipient is local."""
+
+    async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
+        raise AssertionError("everyone is local")
+
+
+def message(chat_id: str, sequence: int, sender_id: str = "u_" + "a" * 32) -> Message:
+    """A message of ``chat_id`` at ``sequence`` (from Alice unless told)."""
+    return Message(
+        chat_id=chat_id,
+        sequence=sequence,
+        sender_id=sender_id,
+        sender_device="d",
+        client_message_id=f"m{sequence}",
+        text="hi",
+        created_at_ms=0,
+    )

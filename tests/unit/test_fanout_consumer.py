@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection
 
 import httpx
 import pytest
@@ -15,19 +15,21 @@ from starlette.applications import Starlette
 
 from messaging.domain.errors import InvalidInput, Unavailable
 from messaging.domain.ids import new_group_id
-from messaging.domain.model import Membership, Message
+from messaging.domain.model import Membership
 from messaging.fanout.adapters.kafka_events import translate
 from messaging.fanout.consumer import FanoutConsumer
 from messaging.fanout.ports import EventLogError
 from messaging.fanout.service import FanoutService
 from messaging.metrics import Metrics
-from messaging.protocol.delivery import Delivery
 from messaging.web import health
 from tests.fakes.fanout import (
     FakeEventSource,
     InMemoryEventLog,
+    Local,
+    NoHandoff,
     Parked,
     RecordingDeadLetters,
+    message,
 )
 
 ALICE, BOB = "u_" + "a" * 32, "u_" + "b" * 32
@@ -50,35 +52,6 @@ class Members:
 class BobHere:
     async def lookup(self, user_ids: Collection[str]) -> dict[str, set[str]]:
         return {"here": {BOB} & set(user_ids)}
-
-
-class Local:
-    def __init__(self) -> None:
-        self.deliveries: list[Delivery] = []
-
-    def deliver(self, deliveries: Sequence[Delivery]) -> int:
-        self.deliveries.extend(deliveries)
-        return len(deliveries)
-
-    def suggest_resync(self, reason: str) -> None:
-        return None
-
-
-class NoHandoff:
-    async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
-        raise AssertionError("everyone is local")
-
-
-def message(chat_id: str, sequence: int) -> Message:
-    return Message(
-        chat_id=chat_id,
-        sequence=sequence,
-        sender_id=ALICE,
-        sender_device="d",
-        client_message_id=f"m{sequence}",
-        text="hi",
-        created_at_ms=0,
-    )
 
 
 class World:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 
 import pytest
 
 from messaging.domain.errors import InvalidInput
 from messaging.domain.ids import direct_chat_id, new_group_id
-from messaging.domain.model import Membership, Message
+from messaging.domain.model import Membership
 from messaging.fanout.service import FanoutService
 from messaging.metrics import Metrics
-from messaging.protocol.delivery import Delivery
+from tests.fakes.fanout import Local, NoHandoff, message
 
 ALICE, BOB, CAROL = (f"u_{c * 32}" for c in "abc")
 
@@ -30,35 +30,6 @@ class Members:
 class EveryoneHere:
     async def lookup(self, user_ids: Collection[str]) -> dict[str, set[str]]:
         return {"here": set(user_ids)}
-
-
-class Local:
-    def __init__(self) -> None:
-        self.deliveries: list[Delivery] = []
-
-    def deliver(self, deliveries: Sequence[Delivery]) -> int:
-        self.deliveries.extend(deliveries)
-        return len(deliveries)
-
-    def suggest_resync(self, reason: str) -> None:
-        return None
-
-
-class NoHandoff:
-    async def send(self, instance_id: str, deliveries: Sequence[Delivery]) -> None:
-        raise AssertionError("everyone is local")
-
-
-def message(chat_id: str, sequence: int) -> Message:
-    return Message(
-        chat_id=chat_id,
-        sequence=sequence,
-        sender_id=ALICE,
-        sender_device="d",
-        client_message_id=f"m{sequence}",
-        text="hi",
-        created_at_ms=0,
-    )
 
 
 def world() -> tuple[FanoutService, Members, Local]:
