@@ -325,8 +325,8 @@ class Kafka:
                     "kafka.tools.StorageTool",
                     "format",
                     *standalone,
-                    "-t",
-                    cluster_id,
+                    # One argv word: an id starting with "-" would read as an option.
+                    f"--cluster-id={cluster_id}",
                     "-c",
                     str(properties),
                 ),
@@ -355,10 +355,16 @@ def kafka_controller_port(settings: Settings, node: int) -> int:
 
 
 def _kafka_uuid() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with "-": kafka-storage's
+    argument parser took such an id for an option and refused to format (one CI run in 64)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 async def kafka_probe(bootstrap: str, timeout_seconds: float = 3.0) -> str | None:
