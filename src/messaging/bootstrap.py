@@ -378,9 +378,16 @@ def build_services(
         metrics=metrics,
         faults=faults,
     )
-    # ADR 0033: while the log path is degraded, just-persisted messages are also fanned out
-    # directly (the relay and the consumer tell; both are built below, read late).
-    direct = DirectFanout(fanout_service, lambda: relay.publishing_fails or fanout.failing, metrics)
+    # ADR 0033: while the log path or routing is degraded, just-persisted messages are also
+    # fanned out directly (the relay, the consumer and the route table tell; the first two are
+    # built below, read late). Routing alone suffices: a process cut from Redis serves its own
+    # sockets whatever its consumer holds.
+    routes = adapters.routes
+    direct = DirectFanout(
+        fanout_service,
+        lambda: relay.publishing_fails or fanout.failing or routes.degraded,
+        metrics,
+    )
     relay = OutboxRelay(
         adapters.store,
         adapters.outbox,

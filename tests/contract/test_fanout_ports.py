@@ -206,6 +206,71 @@ async def test_lost_routing_state_is_reported_and_re_announced(shared: RedisTarg
     await routes.clear()
 
 
+class SteppingClock:
+    """A clock that moves ``step`` seconds at every reading: a call that takes long."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+        self.step = 0.0
+
+    def __call__(self) -> float:
+        now = self.now
+        self.now += self.step
+        return now
+
+
+async def test_lapsed_routing_is_reported_once_a_fresh_refresh_wrote_the_entries(
+    shared: RedisTarget,
+) -> None:
+    """ADR 0033: entries that expired before the next refresh (other processes stopped
+    handing off here) call for a resync, but only from a refresh whose write outlasts the next
+    one: a slow refresh writes an expiry computed before it, maybe already past."""
+    lost: list[str] = []
+    clock = SteppingClock()
+    alice, here = user(), instance()
+    routes = shared.routes(here, ttl_seconds=6, on_lost=lost.append, clock=clock)
+    await routes.refresh_once()
+    await routes.announce(alice)
+    clock.now += 2
+    await routes.refresh_once()
+    assert lost == []
+    clock.now += 10  # no refresh for longer than the ttl: the entries lapsed
+    assert await routes.lookup({alice}) == {}
+    await routes.refresh_once()
+    assert lost == ["routing_lost"]
+    assert await routes.lookup({alice}) == {here: {alice}}
+    clock.step = 3.0  # a refresh taking long: what it writes is stale at once
+    await routes.refresh_once()
+    assert lost == ["routing_lost"]
+    assert await routes.lookup({alice}) == {}
+    clock.step = 0.0
+    await routes.refresh_once()
+    assert lost == ["routing_lost", "routing_lost"]
+    assert await routes.lookup({alice}) == {here: {alice}}
+    await routes.refresh_once()
+    assert lost == ["routing_lost", "routing_lost"]
+    await routes.clear()
+
+
+async def test_a_routing_call_that_stalled_is_followed_by_a_resync(shared: RedisTarget) -> None:
+    """A lookup that took longer than a second (the Redis path silent a while): hand-offs
+    here may have been lost on the same path, so the next fresh refresh reports it."""
+    lost: list[str] = []
+    clock = SteppingClock()
+    alice, here = user(), instance()
+    routes = shared.routes(here, ttl_seconds=6, on_lost=lost.append, clock=clock)
+    await routes.refresh_once()
+    await routes.announce(alice)
+    await routes.refresh_once()
+    clock.step = 1.2
+    assert await routes.lookup({alice}) == {here: {alice}}
+    clock.step = 0.0
+    assert lost == []
+    await routes.refresh_once()
+    assert lost == ["routing_lost"]
+    await routes.clear()
+
+
 async def test_a_twin_using_the_same_instance_id_fails_readiness(shared: RedisTarget) -> None:
     here = instance()
     first, twin = shared.routes(here), shared.routes(here)
@@ -225,12 +290,14 @@ async def test_routes_and_hand_off_raise_the_domains_retriable_error_when_the_se
     async with broken_routes_and_handoff(target) as (routes, handoff):
         await routes.announce("u_x")  # best effort: never raises
         await routes.withdraw("u_x")
+        assert not routes.degraded
         with pytest.raises(Unavailable) as caught:
             await routes.lookup({"u_x"})
         assert caught.value.retriable
         with pytest.raises(Unavailable) as caught:
             await routes.refresh_once()
         assert caught.value.retriable
+        assert routes.degraded
         with pytest.raises(Unavailable) as caught:
             await handoff.send("elsewhere", [Delivery(message("c", 1), ("u_x",))])
         assert caught.value.retriable

@@ -9,6 +9,7 @@ makes an operation raise what the real adapter raises when its service is away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 import zlib
@@ -19,6 +20,11 @@ import attrs
 
 from messaging.domain.errors import Unavailable
 from messaging.domain.model import Message
+from messaging.fanout.adapters.redis_routing import (
+    LAPSE_MARGIN_SECONDS,
+    RETRY_SECONDS,
+    STALLED_SECONDS,
+)
 from messaging.fanout.ports import EventBatch, EventRecord, Undecodable
 from messaging.protocol.delivery import Delivery, LocalDelivery
 from messaging.protocol.wire import decode_event, encode_event
@@ -161,9 +167,24 @@ class FakeRoutes:
         self._written = False
         self.duplicate_of: str | None = None
         self.fail = False
+        self._failing = False
+        self._valid_until: float | None = None
+        self._lapsed = False
 
     def _expiry_ms(self) -> int:
         return int((self._clock() + self._ttl) * 1000)
+
+    @property
+    def degraded(self) -> bool:
+        return self._failing
+
+    def _failed(self, what: str) -> Unavailable:
+        self._failing = self._lapsed = True
+        return Unavailable(f"routing {what} failed: the route server is away")
+
+    def _call(self, started: float) -> None:
+        if self._clock() - started > STALLED_SECONDS:
+            self._lapsed = True
 
     async def announce(self, user_id: str) -> None:
         self._users[user_id] += 1
@@ -180,8 +201,10 @@ class FakeRoutes:
 
     async def lookup(self, user_ids: Collection[str]) -> dict[str, set[str]]:
         if self.fail:
-            raise Unavailable("routing lookup failed: the route server is away")
+            raise self._failed("lookup")
+        self._failing = False
         now_ms = int(self._clock() * 1000)
+        self._call(self._clock())
         where: dict[str, set[str]] = {}
         for user in user_ids:
             for instance, expiry in self.server.routes.get(user, {}).items():
@@ -190,19 +213,31 @@ class FakeRoutes:
         return where
 
     async def refresh_once(self) -> None:
+        expiry = self._expiry_ms()
+        started = self._clock()
         if self.fail:
-            raise Unavailable("routing refresh failed: the route server is away")
-        now_ms = int(self._clock() * 1000)
+            raise self._failed("refresh")
+        self._call(started)
+        self._failing = False
+        now = self._clock()
+        if self._valid_until is not None and now > self._valid_until - LAPSE_MARGIN_SECONDS:
+            self._lapsed = True
+        self._valid_until = expiry / 1000
+        now_ms = int(now * 1000)
         marker = self.server.markers.get(self._instance)
         previous = marker[0] if marker is not None and marker[1] > now_ms else None
         self.server.markers[self._instance] = (self._token, now_ms + self._ttl * 1000)
-        expiry = self._expiry_ms()
         for user in self._users:
             self.server.routes.setdefault(user, {})[self._instance] = expiry
         first_write, self._written = not self._written, True
         if previous is not None and previous != self._token and not first_write:
             self.duplicate_of = previous
         if previous is None and self._users:
+            self._lapsed = True
+        interval = max(0.5, self._ttl / 3)
+        fresh = self._valid_until - self._clock() > interval + LAPSE_MARGIN_SECONDS
+        if self._lapsed and fresh:
+            self._lapsed = False
             self._on_lost("routing_lost")
 
     async def check(self) -> None:
@@ -210,16 +245,11 @@ class FakeRoutes:
             raise RuntimeError(f"instance id {self._instance} is used by another process too")
 
     async def run(self) -> None:
-        lost_connection = False
+        interval = max(0.5, self._ttl / 3)
         while True:
-            try:
+            with contextlib.suppress(Unavailable):
                 await self.refresh_once()
-                if lost_connection:
-                    lost_connection = False
-                    self._on_lost("routing_lost")
-            except Unavailable:
-                lost_connection = True
-            await asyncio.sleep(max(0.5, self._ttl / 3))
+            await asyncio.sleep(min(RETRY_SECONDS, interval) if self._lapsed else interval)
 
     async def clear(self) -> None:
         if not self.fail:

@@ -8,8 +8,10 @@ import asyncio
 from collections.abc import Callable, Collection, Sequence
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 
+from messaging.bootstrap import build_services
 from messaging.connection.outbound import OutboundQueue
 from messaging.connection.registry import LocalConnections
 from messaging.connection.session import Connection
@@ -22,10 +24,14 @@ from messaging.fanout.service import FanoutService
 from messaging.metrics import Metrics
 from messaging.protocol import frames
 from messaging.protocol.delivery import Delivery, RouteLookup
+from messaging.protocol.faults import NoFaults
+from messaging.settings import Settings
 from messaging.web import health
 from tests.fakes.durability import InMemoryMessageStore, InMemoryOutbox, RecordingPublisher
+from tests.fakes.fanout import FakeRoutes
 from tests.unit.test_fanout_consumer import until
 from tests.unit.test_fanout_service import ALICE, BOB, CAROL, Local, Members, message
+from tests.unit.test_graph_on_fakes import Fakes
 
 
 class Sent:
@@ -216,3 +222,27 @@ async def test_a_message_a_sync_replayed_is_not_queued_live_again() -> None:
     )
     await asyncio.sleep(0.01)
     assert sequences(sent) == [2]
+
+
+async def test_the_direct_path_runs_while_routing_fails_whatever_the_consumer_does() -> None:
+    """A process cut from Redis serves its own sockets even when its fanout consumer holds
+    no busy partition (so never stalls): failing routing alone turns the direct path on."""
+    fakes = Fakes()
+    settings = Settings(env="test", instance_id="cut-1", otp_sender="dev")
+    metrics = Metrics()
+    local = LocalConnections(metrics)
+    async with fakes.adapters(settings, metrics, local) as adapters:
+        services = build_services(settings, adapters, local, metrics, NoFaults())
+        routes = adapters.routes
+        assert isinstance(routes, FakeRoutes)
+        await routes.refresh_once()
+        assert not services.direct.active
+        routes.fail = True
+        with pytest.raises(Unavailable):
+            await routes.refresh_once()
+        assert services.direct.active
+        assert not services.fanout.failing
+        assert not services.relay.publishing_fails
+        routes.fail = False
+        await routes.refresh_once()
+        assert not services.direct.active

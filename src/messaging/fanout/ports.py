@@ -84,12 +84,20 @@ class RouteTable(RouteRegistry, RouteLookup, Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def degraded(self) -> bool:
+        """The table cannot be read or written now (a call failed last, or stalls): this
+        process's own sockets are served by the direct path meanwhile (ADR 0033)."""
+        ...
+
     async def check(self) -> None:
         """Readiness: raises while another process uses this instance id."""
         ...
 
     async def refresh_once(self) -> None:
-        """Re-announce this process's users; tells ``on_lost`` if the table lost them."""
+        """Re-announce this process's users; tells ``on_lost`` when hand-offs here may have
+        been missed (the table lost them, or routing failed, stalled or lapsed since the last
+        time), once the entries are written fresh."""
         ...
 
     async def run(self) -> None:

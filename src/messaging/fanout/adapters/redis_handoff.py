@@ -57,13 +57,14 @@ class RedisHandoff:
         first = True
         renew = False
         while True:
-            if renew:
+            if renew or self._resubscribe.is_set():
                 # Every pooled connection may have lived through the outage: none is reused
-                # (a dead one would take the new SUBSCRIBE without a word).
+                # (a dead one would take the new SUBSCRIBE without a word). A request that came
+                # while the last attempt was failing counts too: cleared only here, when acted on.
+                self._resubscribe.clear()
                 await self._redis.connection_pool.disconnect()
             renew = False
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            self._resubscribe.clear()
             try:
                 await pubsub.subscribe(channel(self._instance))
                 self._subscribed.set()

@@ -6,6 +6,16 @@ re-announces its users every ``ttl/3``, so a dead process's entries expire withi
 liveness marker; finding it gone on a refresh means Redis lost its data (flush or restart), and
 then every local connection is told to resync, since live pushes may have been missed meanwhile.
 
+Routing degraded (ADR 0033): while a refresh or lookup fails, or one has been in flight for more
+than :data:`STALLED_SECONDS`, ``degraded`` says so (the direct fanout path then serves this
+process's own sockets whatever its consumer does). Whatever this process's clients may have
+missed meanwhile is followed by a resync (``on_lost``): after a failed or stalled call, after
+a refresh that came later than the expiry the previous one wrote (the entries lapsed: other
+processes stopped handing off here), and after Redis lost the state. ``on_lost`` is told only
+by a *fresh* refresh, one quick enough that the expiry it wrote outlasts the next refresh: a
+refresh retried through an outage writes an expiry computed before it, possibly already past,
+and a resync sent then would precede the hand-offs lost until the next refresh.
+
 Nothing here is authoritative: flushing Redis loses no message. Redis errors leave this module
 as the domain's retriable ``Unavailable`` (ADR 0022).
 """
@@ -25,6 +35,14 @@ from redis.exceptions import RedisError
 from messaging.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+STALLED_SECONDS = 1.0
+"""A routing call (refresh or lookup) in flight for longer counts as degraded."""
+RETRY_SECONDS = 0.5
+"""The refresh's pace while a lapse waits for its resync."""
+LAPSE_MARGIN_SECONDS = 1.0
+"""A refresh completing later than this before the previous write's expiry counts as lapsed:
+a lookup elsewhere may already have missed this process (clock skew, a lookup in flight)."""
 
 
 def route_key(user_id: str) -> str:
@@ -50,12 +68,46 @@ class RedisRoutes:
         self._marker = f"instance:{instance_id}"
         self._token = uuid.uuid4().hex
         self._written = False
+        self._calls: dict[int, float] = {}
+        """Routing calls in flight: a token -> when it started."""
+        self._next_call = 0
+        self._refresh_failing = False
+        self._lookup_failing = False
+        self._valid_until: float | None = None
+        """The expiry (s) of this process's entries as the last successful refresh wrote it."""
+        self._lapsed: str | None = None
+        """Why this process's clients may have missed hand-offs since the last resync."""
         self.duplicate_of: str | None = None
         """Set when another process was seen using this instance id (a misconfiguration that
         makes processes take each other's deliveries); readiness reports it."""
 
     def _expiry_ms(self) -> int:
         return int((self._clock() + self._ttl) * 1000)
+
+    @property
+    def degraded(self) -> bool:
+        """Routing fails or stalls: a refresh or lookup failed last, or one has been in flight
+        for more than :data:`STALLED_SECONDS`."""
+        if self._refresh_failing or self._lookup_failing:
+            return True
+        now = self._clock()
+        return any(now - since > STALLED_SECONDS for since in self._calls.values())
+
+    def _started(self) -> int:
+        token = self._next_call
+        self._next_call += 1
+        self._calls[token] = self._clock()
+        return token
+
+    def _ended(self, token: int) -> None:
+        """A call ends; one that stalled means hand-offs here may have been lost."""
+        since = self._calls.pop(token)
+        if self._clock() - since > STALLED_SECONDS:
+            self._lapse("routing_stalled")
+
+    def _lapse(self, reason: str) -> None:
+        if self._lapsed is None:
+            self._lapsed = reason
 
     async def announce(self, user_id: str) -> None:
         self._users[user_id] += 1
@@ -82,13 +134,19 @@ class RedisRoutes:
     async def lookup(self, user_ids: Collection[str]) -> dict[str, set[str]]:
         users = list(user_ids)
         now_ms = int(self._clock() * 1000)
+        token = self._started()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user in users:
                     pipe.zrangebyscore(route_key(user), now_ms, "+inf")
                 answers = await pipe.execute()
         except (RedisError, OSError) as exc:
+            self._lookup_failing = True
+            self._lapse("routing_failed")
             raise Unavailable(f"routing lookup failed: {exc!r}") from exc
+        finally:
+            self._ended(token)
+        self._lookup_failing = False
         where: dict[str, set[str]] = {}
         for user, instances in zip(users, answers, strict=True):
             for instance in instances:
@@ -97,7 +155,9 @@ class RedisRoutes:
         return where
 
     async def refresh_once(self) -> None:
+        """Re-announce every local user; tell ``on_lost`` once a fresh write ends a lapse."""
         expiry = self._expiry_ms()
+        token = self._started()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.set(self._marker, self._token, ex=self._ttl, get=True)
@@ -106,7 +166,16 @@ class RedisRoutes:
                     pipe.expire(route_key(user), self._ttl * 2)
                 answers = await pipe.execute()
         except (RedisError, OSError) as exc:
+            self._refresh_failing = True
+            self._lapse("routing_failed")
             raise Unavailable(f"routing refresh failed: {exc!r}") from exc
+        finally:
+            self._ended(token)
+        self._refresh_failing = self._lookup_failing = False  # Redis answers again
+        now = self._clock()
+        if self._valid_until is not None and now > self._valid_until - LAPSE_MARGIN_SECONDS:
+            self._lapse("routing_lapsed")
+        self._valid_until = expiry / 1000
         previous = answers[0]
         first_write, self._written = not self._written, True
         if previous is not None and previous.decode() != self._token:
@@ -124,7 +193,34 @@ class RedisRoutes:
                 self.duplicate_of = previous.decode()
         if previous is None and self._users:
             log.warning("routing state was lost (Redis flushed or restarted); re-announced")
+            self._lapse("routing_lost")
+        if self._lapsed is None:
+            return
+        if self.fresh:
+            reason, self._lapsed = self._lapsed, None
+            log.info("routing back after %s: local connections are told to resync", reason)
             self._on_lost("routing_lost")
+        else:
+            log.info(
+                "routing refresh came too late to be fresh (%s); refreshing again", self._lapsed
+            )
+
+    @property
+    def fresh(self) -> bool:
+        """The last write outlasts the next refresh (due ttl/3 from now) by the lapse margin."""
+        if self._valid_until is None:
+            return False
+        left = self._valid_until - self._clock()
+        return left > self._interval + LAPSE_MARGIN_SECONDS
+
+    @property
+    def _interval(self) -> float:
+        return max(0.5, self._ttl / 3)
+
+    @property
+    def lapsed(self) -> bool:
+        """Hand-offs here may have been missed and no resync has followed yet."""
+        return self._lapsed is not None
 
     name = "routing"
 
@@ -134,19 +230,21 @@ class RedisRoutes:
             raise RuntimeError(f"instance id {self._instance} is used by another process too")
 
     async def run(self) -> None:
-        """Refresh every ttl/3 until cancelled; Redis errors are logged and retried."""
-        lost_connection = False
+        """Refresh every ttl/3 until cancelled; Redis errors are logged and retried. While a
+        lapse waits for its resync (a refresh failed, or the last one was not fresh), the next
+        refresh comes after :data:`RETRY_SECONDS` instead."""
+        failing = False
         while True:
             try:
                 await self.refresh_once()
-                if lost_connection:
-                    lost_connection = False
-                    self._on_lost("routing_lost")
+                failing = False
             except Unavailable:
-                if not lost_connection:
+                if not failing:
                     log.warning("Redis unavailable; routing refresh will retry")
-                lost_connection = True
-            await asyncio.sleep(max(0.5, self._ttl / 3))
+                failing = True
+            await asyncio.sleep(
+                min(RETRY_SECONDS, self._interval) if self.lapsed else self._interval
+            )
 
     async def clear(self) -> None:
         """Graceful shutdown: remove this process from every route it announced."""
