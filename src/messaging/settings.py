@@ -134,6 +134,11 @@ class Settings:
     pairs (``29100:29101,29102:29103``): the broker listens on LISTEN and tells clients that
     came in there to connect to 127.0.0.1:ADVERTISED, where a Toxiproxy path forwards to LISTEN.
     Single-node profile only; empty (the default) adds none."""
+    stack_kafka_peer_proxy_port: int = 0
+    """Replicated profile only (ADR 0037): the first of 27 ports through which every node
+    reaches every other one (replication and controller traffic) over Toxiproxy paths of its
+    own, one per ordered pair of nodes, so a test can cut one node from the others while
+    clients still reach it. 0 (the default): the nodes talk directly."""
     stack_toxiproxy_port: int = 8474
     """Toxiproxy's HTTP API: the network fault proxy of the test profile (ADR 0028)."""
     stack_apps: int = 0
@@ -328,6 +333,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "stack_dynamodb_port": _PORT,
     "stack_redis_port": _PORT,
     "stack_kafka_proxy_listeners": _parse_port_pairs,
+    "stack_kafka_peer_proxy_port": _parse_int(0, 65535 - 27),
     "stack_toxiproxy_port": _PORT,
     "stack_apps": _parse_int(0, 32),
     "stack_app_port": _parse_int(1, 65535 - 32),

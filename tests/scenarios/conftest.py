@@ -11,21 +11,24 @@ nemesis_long`` (or any ``-m`` naming it), or ``MESSAGING_TEST_NEMESIS_SECONDS`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path as FsPath
 
 import attrs
 import pytest
 
-from messaging.devstack.services import kafka_create_topics
+from messaging.devstack import stack
+from messaging.devstack.services import Kafka, kafka_create_topics
 from messaging.devstack.toxiproxy import Toxiproxy
 from messaging.infra.dynamodb import open_dynamo
 from messaging.infra.schema import ensure_tables
-from messaging.settings import Settings
+from messaging.settings import Settings, env_var
 from tests.conftest import RUN_ID
 from tests.integration.conftest import app_env, prepare_stack
 from tests.scenarios.harness import App, Scenario
-from tests.scenarios.partitions import ProxiedApp
+from tests.scenarios.partitions import ProxiedApp, free_block
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -33,7 +36,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         "MESSAGING_TEST_NEMESIS_SECONDS"
     ):
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         (drop if item.get_closest_marker("nemesis_long") else keep).append(item)
     if drop:
@@ -118,35 +122,69 @@ class Network:
     apps: list[ProxiedApp]
 
 
-@pytest.fixture
-async def network(
-    scenario_settings: Settings, request: pytest.FixtureRequest
+@contextlib.asynccontextmanager
+async def proxied_network(
+    scenario_settings: Settings,
+    label: str,
+    tag: str,
+    overrides: Mapping[str, str],
+    kafka_dir: FsPath | None = None,
 ) -> AsyncIterator[Network]:
-    """Two app processes of their own (own tables, topic and consumer group, as ``isolated``),
-    each with its DynamoDB, Redis and client paths through Toxiproxy; overrides of their
-    settings come from the test's ``app_settings`` marker."""
+    """Two proxied app processes (own tables, topic and consumer group, named by ``tag``).
+
+    With ``kafka_dir``, a Kafka node of their own (alternate ports, that private stack
+    directory) with one extra listener per process (``MESSAGING_STACK_KAFKA_PROXY_LISTENERS``,
+    ADR 0028), each advertising a Toxiproxy path that forwards to it: each process bootstraps
+    through its own path, ``app.paths["kafka"]``, so every Kafka byte it exchanges crosses it.
+    Without, they reach the shared stack's Kafka directly."""
     settings = attrs.evolve(
         scenario_settings,
-        table_prefix=f"{scenario_settings.table_prefix}net-",
-        kafka_messages_topic=f"{scenario_settings.kafka_messages_topic}-net",
-        kafka_consumer_group=f"{scenario_settings.kafka_consumer_group}-net",
+        table_prefix=f"{scenario_settings.table_prefix}{tag}-",
+        kafka_messages_topic=f"{scenario_settings.kafka_messages_topic}-{tag}",
+        kafka_consumer_group=f"{scenario_settings.kafka_consumer_group}-{tag}",
     )
-    async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
-        await ensure_tables(client, settings.table_prefix)
-    await kafka_create_topics(
-        settings.kafka_bootstrap,
-        settings.kafka_topics,
-    )
-    marker = request.node.get_closest_marker("app_settings")
-    overrides: dict[str, str] = dict(marker.kwargs) if marker else {}
+    listeners: tuple[tuple[int, int], ...] = ()
+    node: Kafka | None = None
+    if kafka_dir is not None:
+        base = free_block(6)
+        listeners = ((base + 2, base + 4), (base + 3, base + 5))
+        settings = attrs.evolve(
+            settings,
+            stack_kafka_brokers=1,
+            stack_kafka_port=base,
+            stack_kafka_controller_port=base + 1,
+            stack_kafka_proxy_listeners=listeners,
+            kafka_bootstrap=f"127.0.0.1:{base}",
+        )
+        # The node's pid file and data in the private directory; the scenario keeps the shared
+        # stack's (its ``ensure_services`` must see the shared services running).
+        node_settings = attrs.evolve(settings, stack_dir=kafka_dir)
+        (node,) = [s for s in stack.services(node_settings) if isinstance(s, Kafka)]
     proxy = Toxiproxy(f"http://127.0.0.1:{settings.stack_toxiproxy_port}")
     apps = [
-        ProxiedApp(f"scn{RUN_ID}-net-{n}", scenario_env(settings, **overrides)) for n in ("a", "b")
+        ProxiedApp(
+            f"scn{RUN_ID}-{tag}-{n}",
+            scenario_env(
+                settings,
+                **overrides,
+                **({env_var("kafka_bootstrap"): f"127.0.0.1:{pair[1]}"} if pair else {}),
+            ),
+        )
+        for n, pair in zip("ab", listeners or (None, None), strict=True)
     ]
-    run = Scenario(settings, apps, label=request.node.name)
+    run = Scenario(settings, apps, label=label)
     try:
+        if node is not None:
+            await asyncio.to_thread(stack.start_service, node_settings, node.name, print)
+        await kafka_create_topics(settings.kafka_bootstrap, settings.kafka_topics)
+        async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
+            await ensure_tables(client, settings.table_prefix)
         for app in apps:
             await app.make_paths(proxy, settings)
+        for app, (listen, advertised) in zip(apps, listeners, strict=False):
+            app.paths["kafka"] = await proxy.path(
+                f"{app.name}-kafka", advertised, f"127.0.0.1:{listen}"
+            )
         await asyncio.gather(*(app.launch() for app in apps))
         yield Network(run, proxy, apps)
     finally:
@@ -155,6 +193,29 @@ async def network(
         for app in apps:
             await app.remove_paths(proxy)
         await proxy.aclose()
+        if node is not None:
+            node.process.stop()
+
+
+@pytest.fixture
+async def network(
+    scenario_settings: Settings, request: pytest.FixtureRequest, tmp_path: FsPath
+) -> AsyncIterator[Network]:
+    """Two app processes of their own (own tables, topic and consumer group, as ``isolated``),
+    each with its DynamoDB, Redis and client paths through Toxiproxy; overrides of their
+    settings come from the test's ``app_settings`` marker. With the ``own_kafka`` marker they
+    also reach a Kafka node of their own through a path each (``proxied_network``)."""
+    marker = request.node.get_closest_marker("app_settings")
+    overrides: dict[str, str] = dict(marker.kwargs) if marker else {}
+    own_kafka = request.node.get_closest_marker("own_kafka") is not None
+    async with proxied_network(
+        scenario_settings,
+        request.node.name,
+        "netk" if own_kafka else "net",
+        overrides,
+        tmp_path if own_kafka else None,
+    ) as network:
+        yield network
 
 
 @pytest.fixture

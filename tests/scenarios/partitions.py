@@ -4,13 +4,16 @@ Each app process of a :class:`Network` reaches the DynamoDB API and Redis throug
 own, and its clients reach it through one more (``ws_url``), so a test can cut or degrade one
 path of one process while both ends stay up. Control calls (``/readyz``, ``/metrics``, REST
 set-up) go to the process directly, so that a cut client path does not blind the test.
-Kafka is reached directly here: a broker advertises its own address in metadata, so proxying
-it needs a listener per path; tests/scenarios/test_kafka_partition.py starts a Kafka node of
-its own with one (``MESSAGING_STACK_KAFKA_PROXY_LISTENERS``) and adds a ``kafka`` path.
+Kafka is reached directly unless the network has a Kafka node of its own: a broker
+advertises its own address in metadata, so proxying it needs a listener per path;
+``tests/scenarios/conftest.py::proxied_network`` starts such a node with one per process
+(``MESSAGING_STACK_KAFKA_PROXY_LISTENERS``) and adds a ``kafka`` path.
 """
 
 from __future__ import annotations
 
+import random
+import socket
 from collections.abc import Mapping
 
 from messaging.devstack.toxiproxy import Path, Toxiproxy
@@ -19,6 +22,19 @@ from tests.harness import free_port
 from tests.scenarios.harness import App
 
 PATHS = ("dynamodb", "redis", "client")
+
+
+def free_block(width: int) -> int:
+    """A base port whose next ``width`` ports are free (for a test's own Kafka nodes)."""
+    for base in random.Random().sample(range(21000, 29000, 64), 100):
+        try:
+            for port in range(base, base + width):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports")
 
 
 class ProxiedApp(App):

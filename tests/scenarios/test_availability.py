@@ -24,7 +24,7 @@ from messaging.settings import Settings, env_var
 from tests.conftest import RUN_ID
 from tests.scenarios.conftest import Network, scenario_env
 from tests.scenarios.harness import App, Member, Scenario, Traffic
-from tests.scenarios.test_replicated_kafka import _free_block
+from tests.scenarios.partitions import free_block
 from tests.scenarios.test_stack_faults import population
 
 ROUTING_TTL = 6
@@ -129,7 +129,7 @@ async def kafka1(
 ) -> AsyncIterator[Settings]:
     """A one-node Kafka of this test's own on alternate ports: the shared one is never
     stopped."""
-    base = _free_block(2)
+    base = free_block(2)
     settings = attrs.evolve(
         scenario_settings,
         stack_dir=Path(tmp_path_factory.mktemp("kafka1")),

@@ -17,20 +17,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import pytest
 
-from messaging.devstack import stack
-from messaging.devstack.services import Kafka, kafka_create_topics
-from messaging.devstack.toxiproxy import Toxiproxy
-from messaging.infra.dynamodb import open_dynamo
-from messaging.infra.schema import ensure_tables
-from messaging.settings import Settings, env_var
-from tests.conftest import RUN_ID
-from tests.scenarios.conftest import Network, scenario_env
-from tests.scenarios.harness import Scenario, Traffic, published
-from tests.scenarios.partitions import ProxiedApp
-from tests.scenarios.test_replicated_kafka import _free_block
+from messaging.settings import Settings
+from tests.scenarios.conftest import Network, proxied_network
+from tests.scenarios.harness import Traffic, published
 from tests.scenarios.test_stack_faults import acked_locations, population
 
 CUT_SECONDS = 15.0
@@ -42,48 +33,10 @@ CONVERGED_BOUND = 15.0
 async def kafka_network(
     scenario_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Network]:
-    base = _free_block(6)
-    listeners = ((base + 2, base + 4), (base + 3, base + 5))
-    settings = attrs.evolve(
-        scenario_settings,
-        stack_dir=tmp_path,
-        stack_kafka_port=base,
-        stack_kafka_controller_port=base + 1,
-        stack_kafka_proxy_listeners=listeners,
-        kafka_bootstrap=f"127.0.0.1:{base}",
-        table_prefix=f"{scenario_settings.table_prefix}kc-",
-        kafka_messages_topic=f"{scenario_settings.kafka_messages_topic}-kc",
-        kafka_consumer_group=f"{scenario_settings.kafka_consumer_group}-kc",
-    )
-    (node,) = [s for s in stack.services(settings) if isinstance(s, Kafka)]
-    proxy = Toxiproxy(f"http://127.0.0.1:{settings.stack_toxiproxy_port}")
-    apps = [
-        ProxiedApp(
-            f"scn{RUN_ID}-kc-{n}",
-            scenario_env(settings, **{env_var("kafka_bootstrap"): f"127.0.0.1:{advertised}"}),
-        )
-        for n, (_, advertised) in zip("ab", listeners, strict=True)
-    ]
-    run = Scenario(settings, apps, label=request.node.name)
-    try:
-        await asyncio.to_thread(stack.start_service, settings, node.name, print)
-        await kafka_create_topics(settings.kafka_bootstrap, settings.kafka_topics)
-        async with open_dynamo(settings.dynamodb_endpoint, settings.aws_region) as client:
-            await ensure_tables(client, settings.table_prefix)
-        for app, (listen, advertised) in zip(apps, listeners, strict=True):
-            await app.make_paths(proxy, settings)
-            app.paths["kafka"] = await proxy.path(
-                f"{app.name}-kafka", advertised, f"127.0.0.1:{listen}"
-            )
-        await asyncio.gather(*(app.launch() for app in apps))
-        yield Network(run, proxy, apps)
-    finally:
-        await run.close()
-        await asyncio.gather(*(app.sigkill() for app in apps))
-        for app in apps:
-            await app.remove_paths(proxy)
-        await proxy.aclose()
-        node.process.stop()
+    async with proxied_network(
+        scenario_settings, request.node.name, "kc", {}, kafka_dir=tmp_path
+    ) as network:
+        yield network
 
 
 async def test_a_process_cut_from_kafka_loses_no_acked_message_and_heals_within_a_bound(

@@ -11,8 +11,11 @@ syncs and the checker runs over everything.
 - Partitions (``test_nemesis_partitions``, part of ``make test``, and its long form with the
   marker ``nemesis_long``): two app processes of their own whose DynamoDB, Redis and client paths
   go through Toxiproxy (the ``network`` fixture, ADR 0028); the nemesis draws blackholes (both
-  ways, or a -> Redis only), half-open client paths and added latency with jitter on those
-  paths, besides the process and client faults; it never touches the shared stack services.
+  ways, or a -> Redis only), half-open client paths, added latency with jitter and bandwidth
+  limits on those paths, besides the process and client faults; it never touches the shared
+  stack services. The long form also gives them a Kafka node of their own reached through a
+  path per process (marker ``own_kafka``) and draws Kafka cuts and Kafka bandwidth limits; the
+  short form keeps the shared Kafka (the extra node's start would add 10-30 s to ``make test``).
 
 - ``MESSAGING_TEST_NEMESIS_SEED=<n>`` repeats a run: the seed fixes the chats, the members, every
   traffic choice and the fault schedule (not the operating system's timing). Every failure
@@ -52,11 +55,13 @@ NETWORK_FAULTS = (
     "slow_dynamodb",
     "slow_redis",
     "slow_client",
+    "bandwidth_dynamodb",
+    "bandwidth_client",
 )
 """Faults of one path of one process, through the ``network`` fixture's proxies."""
-PARTITION_RUN_FAULTS = (
-    *NETWORK_FAULTS,
-    *NETWORK_FAULTS,  # drawn twice as often as the process and client faults
+KAFKA_PATH_FAULTS = ("cut_kafka", "bandwidth_kafka")
+"""Faults of a process's Kafka path: only with a Kafka node of the run's own (``own_kafka``)."""
+PROCESS_AND_CLIENT_FAULTS = (
     "kill_before_handoff",
     "kill_after_persist",
     "sigkill",
@@ -64,6 +69,20 @@ PARTITION_RUN_FAULTS = (
     "stall",
     "offline",
 )
+PARTITION_RUN_FAULTS = (
+    *NETWORK_FAULTS,
+    *NETWORK_FAULTS,  # drawn twice as often as the process and client faults
+    *PROCESS_AND_CLIENT_FAULTS,
+)
+PARTITION_RUN_FAULTS_WITH_KAFKA = (
+    *NETWORK_FAULTS,
+    *KAFKA_PATH_FAULTS,
+    *NETWORK_FAULTS,
+    *KAFKA_PATH_FAULTS,
+    *PROCESS_AND_CLIENT_FAULTS,
+)
+BANDWIDTHS_KB = (2, 8, 32)
+"""The rates a ``bandwidth_*`` fault draws from, in KB/s each way."""
 STACK_FAULTS = frozenset({"redis_flush", "dynamodb_outage", "kafka_restart", "redis_restart"})
 
 
@@ -148,7 +167,7 @@ class Nemesis:
             self.background.append(asyncio.create_task(self.offline(member, fault.duration, other)))
         elif fault.kind in STACK_FAULTS:
             self.background.append(asyncio.create_task(self.stack_fault(fault)))
-        elif fault.kind in NETWORK_FAULTS and self.network is not None:
+        elif fault.kind in (*NETWORK_FAULTS, *KAFKA_PATH_FAULTS) and self.network is not None:
             self.background.append(asyncio.create_task(self.path_fault(fault, self.network)))
 
     async def path_fault(self, fault: Fault, network: Network) -> None:
@@ -156,7 +175,10 @@ class Nemesis:
         when that path already has one."""
         app = network.apps[fault.target % len(network.apps)]
         what = fault.kind.split("_", 1)[1].removesuffix("_outbound")
-        path = app.paths["client" if what == "open_client" else what]
+        path = app.paths.get("client" if what == "open_client" else what)
+        if path is None:  # a Kafka fault without a Kafka node of the run's own
+            self.scenario.note(f"{fault.kind} on {app.name} skipped: no such path")
+            return
         if path.name in self.busy:
             self.scenario.note(f"{fault.kind} on {app.name} skipped: the path is busy")
             return
@@ -169,6 +191,10 @@ class Nemesis:
                         await proxy.blackhole(path, stream="upstream")
                     elif fault.kind.startswith(("cut_", "half_open_")):
                         await proxy.blackhole(path)
+                    elif fault.kind.startswith("bandwidth_"):
+                        rate = self.rng.choice(BANDWIDTHS_KB)
+                        self.scenario.note(f"{path.name}: {rate} KB/s each way")
+                        await proxy.bandwidth(path, rate, stream="both")
                     else:
                         millis = self.rng.randint(50, 400)
                         await proxy.latency(path, millis, jitter_millis=millis // 2)
@@ -301,9 +327,16 @@ async def test_nemesis_partitions(network: Network) -> None:
 
 
 @pytest.mark.nemesis_long
+@pytest.mark.own_kafka
 async def test_nemesis_partitions_long(network: Network) -> None:
-    """The same for ``MESSAGING_TEST_NEMESIS_SECONDS`` (default 60), 10 clients."""
+    """The same for ``MESSAGING_TEST_NEMESIS_SECONDS`` (default 60), 10 clients, and a Kafka
+    node of the run's own reached through a path per process, so that it draws Kafka cuts and
+    Kafka bandwidth limits too."""
     seconds = float(os.environ.get("MESSAGING_TEST_NEMESIS_SECONDS") or 60)
     await nemesis_run(
-        network.scenario, seconds=seconds, clients=10, kinds=PARTITION_RUN_FAULTS, network=network
+        network.scenario,
+        seconds=seconds,
+        clients=10,
+        kinds=PARTITION_RUN_FAULTS_WITH_KAFKA,
+        network=network,
     )

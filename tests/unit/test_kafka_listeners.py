@@ -98,3 +98,68 @@ def test_the_format_command_passes_the_cluster_id_as_one_word(
     cluster_id = (node.data_dir.parent / "cluster-id").read_text().strip()
     assert f"--cluster-id={cluster_id}" in argv
     assert "-t" not in argv
+
+
+def _replicated(tmp_path: Path, peer_base: int = 0) -> dict[int, dict[str, str]]:
+    settings = Settings(
+        stack_dir=tmp_path,
+        stack_kafka_brokers=3,
+        stack_kafka_port=21000,
+        stack_kafka_controller_port=21001,
+        stack_kafka_peer_proxy_port=peer_base,
+    )
+    nodes = [s for s in stack.services(settings) if isinstance(s, Kafka)]
+    return {
+        n.node: dict(
+            line.split("=", 1) for line in n._properties().read_text().splitlines() if "=" in line
+        )
+        for n in nodes
+    }
+
+
+def test_without_peer_proxies_the_replicated_nodes_talk_directly(tmp_path: Path) -> None:
+    for props in _replicated(tmp_path).values():
+        assert props["inter.broker.listener.name"] == "PLAINTEXT"
+        assert props["controller.quorum.voters"] == (
+            "1@127.0.0.1:21001,2@127.0.0.1:21003,3@127.0.0.1:21005"
+        )
+        assert "R1" not in props["listeners"]
+
+
+def test_with_peer_proxies_each_node_reaches_each_other_through_a_path_of_the_pair(
+    tmp_path: Path,
+) -> None:
+    """ADR 0037: node s fetches from node t at the address t advertises on listener Rs, which is
+    the proxy path s -> t, forwarding to t's Rs listener; node s lists the other voters at its
+    own controller paths. So blackholing every path to and from one node cuts it off."""
+    from messaging.devstack.services import kafka_peer_paths
+
+    settings = Settings(
+        stack_dir=tmp_path,
+        stack_kafka_brokers=3,
+        stack_kafka_port=21000,
+        stack_kafka_controller_port=21001,
+        stack_kafka_peer_proxy_port=21010,
+    )
+    props = _replicated(tmp_path, 21010)
+    paths = {(p.source, p.target, p.kind): p for p in kafka_peer_paths(settings)}
+    assert len(paths) == 12
+    ports = [p.listen_port for p in paths.values()]
+    ports += [int(a.rsplit(":", 1)[1]) for n in props.values() for a in n["listeners"].split(",")]
+    assert len(set(ports)) == len(ports)  # no two listeners or paths share a port
+    assert all(21000 <= port < 21010 + 27 for port in ports)
+    for target, node in props.items():
+        assert node["inter.broker.listener.name"] == f"R{target}"
+        listeners = dict(a.split("://") for a in node["listeners"].split(","))
+        advertised = dict(a.split("://") for a in node["advertised.listeners"].split(","))
+        assert advertised["PLAINTEXT"] == listeners["PLAINTEXT"]  # clients connect directly
+        assert advertised[f"R{target}"] == listeners[f"R{target}"]
+        voters = dict(v.split("@") for v in node["controller.quorum.voters"].split(","))
+        assert voters[str(target)] == listeners["CONTROLLER"]
+        for source in {1, 2, 3} - {target}:
+            via = paths[source, target, "broker"]
+            assert advertised[f"R{source}"] == f"127.0.0.1:{via.listen_port}"
+            assert listeners[f"R{source}"] == f"127.0.0.1:{via.upstream_port}"
+            quorum = paths[target, source, "controller"]
+            assert voters[str(source)] == f"127.0.0.1:{quorum.listen_port}"
+            assert quorum.upstream_port == 21001 + 2 * (source - 1)

@@ -230,6 +230,11 @@ class Kafka:
             (self.port, env_var("stack_kafka_port")),
             (self.controller_port, env_var("stack_kafka_controller_port")),
             *((listen, env_var("stack_kafka_proxy_listeners")) for listen, _ in self._proxied()),
+            *(
+                (kafka_peer_listener_port(self.settings, self.node, s), env_var(PEER_SETTING))
+                for s in range(1, self.brokers + 1)
+                if self._peers()
+            ),
         ]
 
     def _proxied(self) -> tuple[tuple[int, int], ...]:
@@ -246,33 +251,56 @@ class Kafka:
         advertised += [f"{name}://127.0.0.1:{p[1]}" for name, p in zip(names, proxied, strict=True)]
         protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
         protocols += [f"{name}:PLAINTEXT" for name in names]
+        if self._peers():
+            # Replication through the fault proxy (ADR 0037): listener Rs is where node s's
+            # replica fetchers reach this node; it advertises the proxy path s -> this node.
+            for source in range(1, self.brokers + 1):
+                listen = kafka_peer_listener_port(self.settings, self.node, source)
+                via = {p.source: p.listen_port for p in self._peers() if p.kind == "broker"}
+                listeners.append(f"R{source}://127.0.0.1:{listen}")
+                advertised.append(f"R{source}://127.0.0.1:{via.get(source, listen)}")
+                protocols.append(f"R{source}:PLAINTEXT")
         return [
             "listeners=" + ",".join([*listeners, f"CONTROLLER://127.0.0.1:{self.controller_port}"]),
             "advertised.listeners=" + ",".join(advertised),
             "listener.security.protocol.map=" + ",".join(protocols),
         ]
 
+    def _peers(self) -> list[PeerPath]:
+        """The proxy paths that end at this node (ADR 0037); none unless the setting is on."""
+        return [p for p in kafka_peer_paths(self.settings) if p.target == self.node]
+
+    def _quorum(self) -> str:
+        if self.brokers == 1:
+            return f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+        # Each node reaches the other voters through its own proxy paths when they are on.
+        via = {
+            p.target: p.listen_port
+            for p in kafka_peer_paths(self.settings)
+            if p.kind == "controller" and p.source == self.node
+        }
+        return "controller.quorum.voters=" + ",".join(
+            f"{n}@127.0.0.1:{via.get(n, kafka_controller_port(self.settings, n))}"
+            for n in range(1, self.brokers + 1)
+        )
+
     def _properties(self) -> Path:
         replicas = min(self.brokers, 3)
         min_isr = 2 if replicas >= 3 else 1
         if self.brokers == 1:
             path = self.settings.stack_dir / "kafka.properties"
-            quorum = f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
         else:
             path = self.settings.stack_dir / f"kafka{self.brokers}-node-{self.node}.properties"
-            quorum = "controller.quorum.voters=" + ",".join(
-                f"{n}@127.0.0.1:{kafka_controller_port(self.settings, n)}"
-                for n in range(1, self.brokers + 1)
-            )
+        inter_broker = f"R{self.node}" if self._peers() else "PLAINTEXT"
         path.write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
                     f"node.id={self.node}",
-                    quorum,
+                    self._quorum(),
                     *self._listeners(),
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
+                    f"inter.broker.listener.name={inter_broker}",
                     f"log.dirs={self.data_dir.resolve()}",
                     "num.partitions=1",
                     "auto.create.topics.enable=false",
@@ -352,6 +380,67 @@ def kafka_port(settings: Settings, node: int) -> int:
 
 def kafka_controller_port(settings: Settings, node: int) -> int:
     return settings.stack_kafka_controller_port + 2 * (node - 1)
+
+
+PEER_SETTING = "stack_kafka_peer_proxy_port"
+
+
+@attrs.frozen
+class PeerPath:
+    """The path from one node of the replicated profile to another through Toxiproxy (ADR
+    0037): ``broker`` carries the source's replica fetches from the target, ``controller`` its
+    controller-quorum and broker-to-controller traffic to the target. Toxiproxy listens on
+    ``listen_port`` and forwards to ``upstream_port`` on the target."""
+
+    source: int
+    target: int
+    kind: str
+    listen_port: int
+    upstream_port: int
+
+    @property
+    def name(self) -> str:
+        return f"kafka{self.source}-to-{self.target}-{self.kind}"
+
+
+def kafka_peer_listener_port(settings: Settings, node: int, source: int) -> int:
+    """The port on which ``node`` listens for node ``source``'s replica fetches (listener
+    R<source>); the block of ``stack_kafka_peer_proxy_port`` starts with these."""
+    n = settings.stack_kafka_brokers
+    return settings.stack_kafka_peer_proxy_port + n * (node - 1) + (source - 1)
+
+
+def kafka_peer_paths(settings: Settings) -> list[PeerPath]:
+    """Every ordered pair of distinct nodes' two paths, when the setting is on (else none)."""
+    n = settings.stack_kafka_brokers
+    base = settings.stack_kafka_peer_proxy_port
+    if not base or n == 1:
+        return []
+    paths = []
+    for source in range(1, n + 1):
+        for target in range(1, n + 1):
+            if source == target:
+                continue
+            slot = n * (source - 1) + (target - 1)
+            paths.append(
+                PeerPath(
+                    source,
+                    target,
+                    "broker",
+                    base + n * n + slot,
+                    kafka_peer_listener_port(settings, target, source),
+                )
+            )
+            paths.append(
+                PeerPath(
+                    source,
+                    target,
+                    "controller",
+                    base + 2 * n * n + slot,
+                    kafka_controller_port(settings, target),
+                )
+            )
+    return paths
 
 
 def _kafka_uuid() -> str:

@@ -35,6 +35,10 @@ async def open_producer(bootstrap: str, *, client_id: str) -> AsyncIterator[AIOK
         await producer.stop()
 
 
+METADATA_MAX_AGE_MS = 5_000
+"""The group consumer's periodic metadata refresh (aiokafka's default is 300,000)."""
+
+
 @asynccontextmanager
 async def open_consumer(
     bootstrap: str,
@@ -58,6 +62,11 @@ async def open_consumer(
         max_poll_records=500,
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=max(100, session_timeout_ms // 4),
+        # aiokafka 0.14 retries an offset lookup (ListOffsets) that a former leader refuses
+        # (NotLeaderForPartition) without refreshing metadata: after a broker partitioned from
+        # the others heals, a partition's consumption stopped until the next periodic refresh
+        # (5 min by default). Refreshing every 5 s bounds that stall (ADR 0037).
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
     )
     try:
         await consumer.start()
