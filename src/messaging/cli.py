@@ -208,10 +208,14 @@ def _topics_init(settings: Settings) -> int:
     try:
         done = asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.kafka_topics))
     except TopicsError as exc:
+        hint = (
+            "start Kafka (or set MESSAGING_KAFKA_BOOTSTRAP) and run it again"
+            if exc.unreachable
+            else "fix the cause and run it again"
+        )
         print(
-            f"messaging db init: {exc}\n"
-            "  the tables are ready; start Kafka (or set MESSAGING_KAFKA_BOOTSTRAP) and run it "
-            "again, or pass --no-topics where the topics are provisioned elsewhere",
+            f"messaging db init: {exc}\n  the tables are ready; {hint}, or pass --no-topics "
+            "where the topics are provisioned elsewhere",
             file=sys.stderr,
         )
         return 1

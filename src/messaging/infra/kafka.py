@@ -22,7 +22,12 @@ TOPIC_ALREADY_EXISTS = 36
 
 
 class TopicsError(Exception):
-    """Kafka is unreachable, or refused to create a topic: the message says which and why."""
+    """Kafka is unreachable (``unreachable``), or refused to create a topic: the message says
+    which and why."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @attrs.frozen
@@ -107,10 +112,12 @@ async def ensure_topics(
                     )
     except TimeoutError:
         raise TopicsError(
-            f"Kafka at {bootstrap} did not answer within {timeout_seconds:g}s"
+            f"Kafka at {bootstrap} did not answer within {timeout_seconds:g}s", unreachable=True
         ) from None
     except (KafkaConnectionError, OSError) as exc:
-        raise TopicsError(f"Kafka at {bootstrap} is unreachable: {exc!r}") from exc
+        raise TopicsError(
+            f"Kafka at {bootstrap} is unreachable: {exc!r}", unreachable=True
+        ) from exc
     except KafkaError as exc:
         raise TopicsError(f"Kafka at {bootstrap} refused: {exc!r}") from exc
     finally:
