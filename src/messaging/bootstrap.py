@@ -412,6 +412,7 @@ def build_services(
         max_attempts=settings.fanout_max_attempts,
         max_backoff_seconds=settings.fanout_max_backoff_seconds,
         reorder_window_seconds=settings.fanout_reorder_window_seconds,
+        stall_seconds=settings.fanout_stall_ms / 1000,
     )
     gateway = Gateway(
         tokens=tokens,
@@ -487,7 +488,13 @@ async def build_runtime(
         stack.push_async_callback(services.acks.close)
         stack.push_async_callback(services.ingest.close)
         yield Runtime(
-            checks=(*adapters.checks, background, adapters.routes, services.fanout),
+            checks=(
+                *adapters.checks,
+                background,
+                adapters.routes,
+                services.fanout,
+                services.fanout.progress,
+            ),
             identity=services.identity,
             tokens=services.tokens,
             chats=services.chats,

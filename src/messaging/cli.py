@@ -1,4 +1,4 @@
-"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init``,
+"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init [--no-topics]``,
 ``dlq list|replay``, ``doctor``, ``bench``, ``lab``.
 
 Settings are read and validated once, here, before anything starts; a bad value ends the
@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from messaging.settings import Settings, SettingsError, from_env
+from messaging.settings import Settings, SettingsError, env_var, from_env
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,9 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("service", nargs="?", help="redis, dynamodb or kafka (default: all)")
     logs.add_argument("-n", "--lines", type=int, default=40)
 
-    db = commands.add_parser("db", help="the DynamoDB tables")
+    db = commands.add_parser("db", help="the DynamoDB tables and the Kafka topics")
     db_cmds = db.add_subparsers(dest="db_command", required=True)
-    db_cmds.add_parser("init", help="create missing tables (idempotent; same code as on AWS)")
+    db_init = db_cmds.add_parser(
+        "init",
+        help="create missing tables and Kafka topics (idempotent; same code as on AWS)",
+    )
+    db_init.add_argument(
+        "--no-topics",
+        action="store_true",
+        help="tables only, Kafka not contacted (where the topics are provisioned elsewhere)",
+    )
 
     dlq = commands.add_parser("dlq", help="the fanout's dead-letter topic (ADR 0030)")
     dlq_cmds = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -104,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "stack":
         return _stack(settings, args)
     if args.command == "db":
-        return _db_init(settings)
+        return _db_init(settings, topics=not args.no_topics)
     if args.command == "dlq":
         return _dlq(settings, args)
     if args.command == "doctor":
@@ -166,7 +174,7 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _db_init(settings: Settings) -> int:
+def _db_init(settings: Settings, *, topics: bool = True) -> int:
     from messaging.infra.dynamodb import open_dynamo
     from messaging.infra.schema import ensure_tables
 
@@ -188,7 +196,52 @@ def _db_init(settings: Settings) -> int:
         return 1
     elapsed = time.monotonic() - started
     print(f"== tables: {len(created)} created, all ready ({elapsed:.1f}s)", flush=True)
-    return 0
+    return _topics_init(settings) if topics else 0
+
+
+def _topics_init(settings: Settings) -> int:
+    """The messages topic and its dead-letter topic (ADRs 0029, 0030), like the tables:
+    created when missing, left as they are when they exist."""
+    from messaging.infra.kafka import TopicsError, ensure_topics
+
+    started = time.monotonic()
+    try:
+        done = asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.kafka_topics))
+    except TopicsError as exc:
+        hint = (
+            "start Kafka (or set MESSAGING_KAFKA_BOOTSTRAP) and run it again"
+            if exc.unreachable
+            else "fix the cause and run it again"
+        )
+        print(
+            f"messaging db init: {exc}\n  the tables are ready; {hint}, or pass --no-topics "
+            "where the topics are provisioned elsewhere",
+            file=sys.stderr,
+        )
+        return 1
+    elapsed = time.monotonic() - started
+    replication = done.replication
+    copies = f"{replication.replicas} replica(s) on {replication.brokers} broker(s)"
+    if replication.configs:
+        copies += ", min.insync.replicas=" + replication.configs["min.insync.replicas"]
+    created = ", ".join(
+        f"{n} ({settings.kafka_topics[n]} partition{'' if settings.kafka_topics[n] == 1 else 's'})"
+        for n in done.created
+    )
+    print(
+        f"== topics: {len(done.created)} created{': ' + created if created else ''}, "
+        f"{len(done.existing)} existing; new ones get {copies} ({elapsed:.1f}s)",
+        flush=True,
+    )
+    for name, has, asked in done.short:
+        print(
+            f"messaging db init: topic {name} has {has} partition(s), the settings ask {asked} "
+            f"({env_var('kafka_messages_partitions')} for the messages topic): left as it is. "
+            "Adding partitions moves chats to other partitions; do it deliberately "
+            "(kafka-topics.sh --alter --partitions) or set the partition count to match.",
+            file=sys.stderr,
+        )
+    return 1 if done.short else 0
 
 
 def _dlq(settings: Settings, args: argparse.Namespace) -> int:

@@ -179,6 +179,18 @@ class Metrics:
             "Seconds since the fanout consumer last finished a poll or a batch",
             registry=r,
         )
+        self.fanout_stalled_partitions = Gauge(
+            "messaging_fanout_stalled_partitions",
+            "Partitions of this consumer with records pending and none finished for longer "
+            "than MESSAGING_FANOUT_STALL_MS (ADR 0026)",
+            registry=r,
+        )
+        self.fanout_longest_pending_seconds = Gauge(
+            "messaging_fanout_longest_pending_seconds",
+            "The longest any partition of this consumer has had records pending without one "
+            "finished (0 when none is pending; ADR 0026)",
+            registry=r,
+        )
         self.dynamodb_latency = Histogram(
             "messaging_dynamodb_call_seconds",
             "DynamoDB API call latency",

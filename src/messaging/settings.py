@@ -116,6 +116,10 @@ class Settings:
     """Tries of a batch that fails with a retriable error before it is parked as dead letters
     (docs/adr/0022-fanout-ports-and-error-seams.md)."""
     fanout_max_backoff_seconds: float = 2.0
+    fanout_stall_ms: float = 30_000.0
+    """A partition of this process's fanout consumer with records pending and none finished for
+    longer than this is reported stalled: ``/readyz`` degraded, check ``fanout_progress``
+    (docs/adr/0026-stalled-fanout-partitions.md)."""
     fanout_reorder_window_seconds: float = 0.05
     """How long the fanout holds a message whose chat's previous sequence has not come from
     the log yet, at most (0: no window; docs/adr/0035-in-order-live-delivery.md)."""
@@ -324,6 +328,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "routing_ttl_seconds": _parse_int(2, 3600),
     "fanout_max_attempts": _parse_int(1, 1000),
     "fanout_max_backoff_seconds": _parse_float(0.01, 300.0),
+    "fanout_stall_ms": _parse_float(100.0, 3_600_000.0),
     "fanout_reorder_window_seconds": _parse_float(0.0, 5.0),
     "stack_dir": Path,
     "dynamodb_emulator": _parse_choice("dynoxide", "moto"),

@@ -49,13 +49,16 @@ def _dead_port() -> int:
 
 
 class LogTarget(Protocol):
-    """A private topic: ``produce`` appends, ``source`` opens a consumer of a group."""
+    """A private topic: ``produce`` appends, ``source`` opens a consumer of a group (taking
+    at most ``max_records`` per poll)."""
 
     async def produce(self, messages: Sequence[Message]) -> None: ...
 
     async def produce_raw(self, partition: int, value: bytes) -> None: ...
 
-    def source(self, group: str) -> AbstractAsyncContextManager[EventSource]: ...
+    def source(
+        self, group: str, max_records: int = 500
+    ) -> AbstractAsyncContextManager[EventSource]: ...
 
 
 class FakeLogTarget:
@@ -70,8 +73,8 @@ class FakeLogTarget:
         self.log.append_raw(partition, value)
 
     @asynccontextmanager
-    async def source(self, group: str) -> AsyncIterator[EventSource]:
-        yield FakeEventSource(self.log, group)
+    async def source(self, group: str, max_records: int = 500) -> AsyncIterator[EventSource]:
+        yield FakeEventSource(self.log, group, max_records=max_records)
 
 
 @attrs.define
@@ -90,7 +93,7 @@ class KafkaLogTarget:
         await self.producer.send_and_wait(self.topic, value, partition=partition)
 
     @asynccontextmanager
-    async def source(self, group: str) -> AsyncIterator[EventSource]:
+    async def source(self, group: str, max_records: int = 500) -> AsyncIterator[EventSource]:
         async with open_consumer(
             self.bootstrap,
             (self.topic,),
@@ -98,7 +101,7 @@ class KafkaLogTarget:
             client_id="contract",
             session_timeout_ms=3000,
         ) as consumer:
-            yield KafkaEventSource(consumer)
+            yield KafkaEventSource(consumer, max_records=max_records)
 
 
 @asynccontextmanager

@@ -73,7 +73,8 @@ class EventLogPublisher:
 class FakeEventSource:
     """One consumer of a group on an :class:`InMemoryEventLog`, from the group's committed
     offsets, owning the ``assigned`` partitions (all by default). ``fail`` (an exception) makes
-    ``poll`` raise it."""
+    ``poll`` raise it; ``held`` partitions' records are not returned by ``poll`` (a fetch that
+    makes no progress), though ``backlog`` counts them."""
 
     def __init__(
         self,
@@ -88,9 +89,12 @@ class FakeEventSource:
         self.assigned = frozenset(range(len(log.partitions)) if assigned is None else assigned)
         self.position = [log.committed.get((group, p), 0) for p in range(len(log.partitions))]
         self.fail: Exception | None = None
+        self.held: frozenset[int] = frozenset()
 
     def _pending(self) -> bool:
-        return any(len(self.log.partitions[p]) > self.position[p] for p in self.assigned)
+        return any(
+            len(self.log.partitions[p]) > self.position[p] for p in self.assigned - self.held
+        )
 
     async def poll(self, timeout_seconds: float) -> EventBatch:
         if self.fail is not None:
@@ -101,7 +105,7 @@ class FakeEventSource:
         undecodable: list[Undecodable] = []
         ends: dict[int, int] = {}
         budget = self.max_records
-        for partition in sorted(self.assigned):
+        for partition in sorted(self.assigned - self.held):
             values = self.log.partitions[partition]
             start = self.position[partition]
             taken = values[start : start + budget]
@@ -122,8 +126,8 @@ class FakeEventSource:
         for partition, end in ends.items():
             self.log.committed[(self.group, partition)] = end
 
-    def lag(self) -> int:
-        return sum(len(self.log.partitions[p]) - self.position[p] for p in self.assigned)
+    async def backlog(self) -> dict[int, int]:
+        return {p: len(self.log.partitions[p]) - self.position[p] for p in self.assigned}
 
 
 # ------------------------------------------------------------------ routes

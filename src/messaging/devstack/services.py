@@ -476,27 +476,11 @@ async def kafka_probe(bootstrap: str, timeout_seconds: float = 3.0) -> str | Non
 
 
 async def kafka_create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    """The topics that were missing, created (``messaging.infra.kafka.ensure_topics``: the
+    same code as ``messaging db init``, replicated where the cluster can, ADR 0029)."""
+    from messaging.infra.kafka import ensure_topics
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        # Replicated where the cluster can (the 3-broker profile, ADR 0029): three copies, and
-        # a write needs two in sync, so one broker may fail without losing or refusing one.
-        brokers = len((await admin.describe_cluster())["brokers"])
-        replicas = min(brokers, 3)
-        configs = {"min.insync.replicas": "2"} if replicas >= 3 else {}
-        missing = [
-            NewTopic(n, p, replicas, topic_configs=configs)
-            for n, p in topics.items()
-            if n not in existing
-        ]
-        if missing:
-            await admin.create_topics(missing)
-        return [t.name for t in missing]
-    finally:
-        await admin.close()
+    return list((await ensure_topics(bootstrap, topics)).created)
 
 
 # --------------------------------------------------------------------------- DynamoDB API

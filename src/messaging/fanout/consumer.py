@@ -10,6 +10,9 @@ undecodable record is parked at once. Parked messages are in the database: clien
 
 While a batch is failing, ``check`` (the ``fanout`` readiness check) names its partitions, and
 ``/metrics`` counts failures and dead letters and shows the seconds since the last progress.
+A partition with records pending (the log's end beyond the position, or a batch of it in hand)
+and none finished for longer than ``stall_seconds`` is *stalled* (ADR 0026): the
+``fanout_progress`` check (:class:`PartitionProgress`) names it, and ``/metrics`` counts it.
 
 Between the log and the fanout sits the per-chat reorder window (ADR 0035): records a chat's
 predecessor has not come for are held at most ``reorder_window_seconds`` (the poll waits no
@@ -23,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from messaging.domain.errors import MessagingError
 from messaging.domain.model import Message
 from messaging.fanout.ports import DeadLetters, EventBatch, EventRecord, EventSource
 from messaging.fanout.reorder import ReorderWindow
 from messaging.fanout.service import FanoutService
+from messaging.fanout.stalls import StallWatch
 from messaging.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,7 @@ class FanoutConsumer:
         first_backoff_seconds: float = 0.05,
         poll_seconds: float = 0.5,
         reorder_window_seconds: float = 0.0,
+        stall_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -96,8 +101,21 @@ class FanoutConsumer:
         self._failing: dict[int, str] = {}
         self._failing_since: float | None = None
         self._attempt_since: float | None = None
+        self._stalls = StallWatch(stall_seconds)
+        self._backlog: Mapping[int, int] = {}
+        self._in_hand: frozenset[int] = frozenset()
+        """Partitions of the batch fetched and not yet finished (handed off and committed)."""
+        self._delivering: frozenset[int] = frozenset()
+        """Partitions of the records being fanned out now (the reorder window's too)."""
+        self.progress = PartitionProgress(self)
         metrics.fanout_seconds_since_progress.set_function(
             lambda: self._clock() - self._last_progress
+        )
+        metrics.fanout_stalled_partitions.set_function(
+            lambda: len(self._stalls.stalled(self._clock()))
+        )
+        metrics.fanout_longest_pending_seconds.set_function(
+            lambda: self._stalls.longest_wait(self._clock())
         )
         window = self._window
         if window is not None:
@@ -131,12 +149,37 @@ class FanoutConsumer:
 
     @property
     def failing(self) -> bool:
-        """Polling fails, a batch keeps failing (what ``check`` reports), or the fanout of
-        a batch has been in flight for more than :data:`STALLED_SECONDS` (Redis or the store
-        silent): the direct path (ADR 0033) runs meanwhile."""
+        """Polling fails, a batch keeps failing (what ``check`` reports), the fanout of a
+        batch has been in flight for more than :data:`STALLED_SECONDS` (Redis or the store
+        silent), or a partition is stalled (ADR 0026): the direct path (ADR 0033) runs
+        meanwhile."""
+        now = self._clock()
         since = self._attempt_since
-        stalled = since is not None and self._clock() - since > STALLED_SECONDS
-        return self._poll_error is not None or bool(self._failing) or stalled
+        stalled = since is not None and now - since > STALLED_SECONDS
+        return (
+            self._poll_error is not None
+            or bool(self._failing)
+            or stalled
+            or bool(self._stalls.stalled(now))
+        )
+
+    async def stalled(self) -> dict[int, float]:
+        """The stalled partitions now, each with the seconds it has waited for progress."""
+        await self._observe()
+        return self._stalls.stalled(self._clock())
+
+    @property
+    def stall_seconds(self) -> float:
+        return self._stalls.bound_seconds
+
+    async def _observe(self) -> None:
+        """Tell the stall watch which partitions have records pending now."""
+        try:
+            self._backlog = await self._source.backlog()
+        except Exception:  # not known now: the last answer stands
+            log.debug("reading the fanout's backlog failed", exc_info=True)
+        pending = {p for p, behind in self._backlog.items() if behind > 0}
+        self._stalls.observe(pending | self._in_hand | self._delivering, self._clock())
 
     def _progressed(self) -> None:
         self._last_progress = self._clock()
@@ -158,7 +201,9 @@ class FanoutConsumer:
             batch = await self._poll()
             if batch is None:
                 continue
-            self._metrics.fanout_lag.set(self._source.lag())
+            self._in_hand = batch.partitions
+            await self._observe()
+            self._metrics.fanout_lag.set(sum(self._backlog.values()))
             for bad in batch.undecodable:
                 reason = f"undecodable: {bad.reason}"
                 await self._park(bad.raw, bad.partition, bad.offset, reason, "undecodable")
@@ -168,6 +213,8 @@ class FanoutConsumer:
             self._recovered()
             if batch.records or batch.undecodable:
                 await self._commit(batch)
+            self._stalls.progressed(self._in_hand, self._clock())
+            self._in_hand = frozenset()
             self._progressed()
         if self._window is not None and (held := self._window.drain()):
             await self._deliver(held)
@@ -220,11 +267,20 @@ class FanoutConsumer:
             self._metrics.fanout_failures.labels("commit").inc()
             log.warning("committing offsets failed", exc_info=True)
 
-    async def _deliver(self, records: Sequence[EventRecord]) -> bool:
-        """Fan the records out or park them; False when stopping left them unfinished."""
+    async def _deliver(self, records: Sequence[EventRecord]) -> None:
+        """Fan the records out or park them (raises ``_Stopped`` if stopped meanwhile)."""
+        partitions = frozenset(r.partition for r in records)
+        self._delivering = partitions
+        try:
+            await self._deliver_or_park(records)
+        finally:
+            self._delivering = frozenset()
+        self._stalls.progressed(partitions, self._clock())
+
+    async def _deliver_or_park(self, records: Sequence[EventRecord]) -> None:
         error = await self._attempt([r.message for r in records], {r.partition for r in records})
         if error is None:
-            return True
+            return
         if is_retriable(error):
             log.error(
                 "fanout of %d record(s) failed %d times; parking them",
@@ -236,7 +292,7 @@ class FanoutConsumer:
                 await self._park(
                     record.message, record.partition, record.offset, reason, "exhausted"
                 )
-            return True
+            return
         log.error("fanout failed permanently (%s); trying each record alone", describe(error))
         for record in records:
             error = await self._attempt([record.message], (record.partition,))
@@ -245,7 +301,6 @@ class FanoutConsumer:
                 await self._park(
                     record.message, record.partition, record.offset, describe(error), cause
                 )
-        return True
 
     async def _attempt(
         self, messages: Sequence[Message], partitions: Collection[int]
@@ -301,3 +356,24 @@ class FanoutConsumer:
                 if self._stopping:
                     raise _Stopped from exc
         self._metrics.fanout_dead_letters.labels(cause).inc()
+
+
+class PartitionProgress:
+    """The ``fanout_progress`` readiness check (ADR 0026): fails while partitions of this
+    consumer have had records pending and none finished for longer than its bound, naming
+    each with how long. Not critical (ADR 0033): the process serves, less fresh."""
+
+    name = "fanout_progress"
+    critical = False
+
+    def __init__(self, consumer: FanoutConsumer) -> None:
+        self._consumer = consumer
+
+    async def check(self) -> None:
+        stalled = await self._consumer.stalled()
+        if stalled:
+            each = ", ".join(f"{p} ({seconds:.0f}s)" for p, seconds in stalled.items())
+            raise RuntimeError(
+                f"partition(s) {each} with records pending and no progress for longer than "
+                f"{self._consumer.stall_seconds:g}s"
+            )

@@ -9,7 +9,7 @@ adapters. Adapters raise only the domain's errors (``messaging.domain.errors``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -71,8 +71,11 @@ class EventSource(Protocol):
 
     async def commit(self, batch: EventBatch) -> None: ...
 
-    def lag(self) -> int:
-        """Records behind the log end on this consumer's partitions."""
+    async def backlog(self) -> Mapping[int, int]:
+        """Per partition assigned to this consumer whose log end it knows: the records between
+        its position (what ``poll`` has returned) and the end, 0 when caught up. A partition
+        whose end is not known yet (nothing fetched since it was assigned) is left out. Reads
+        what the consumer already knows: it does not wait on the log (ADR 0026)."""
         ...
 
 

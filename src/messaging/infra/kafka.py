@@ -1,5 +1,6 @@
-"""Kafka clients: a producer (acks=all, not idempotent: see ADR 0006), a group consumer and a
-readiness probe.
+"""Kafka clients: a producer (acks=all, not idempotent: see ADR 0006), a group consumer, a
+readiness probe, and the app's topics created idempotently (:func:`ensure_topics`, used by
+``messaging db init`` and the local stack: ADR 0029).
 
 Explicit lifecycle in the manner of aiokafka itself: the context managers start the client and
 always stop it, also when start fails half way.
@@ -8,10 +9,129 @@ always stop it, also when start fails half way.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+import attrs
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+TOPIC_ALREADY_EXISTS = 36
+"""Kafka's error code when another client created the topic first."""
+
+
+class TopicsError(Exception):
+    """Kafka is unreachable (``unreachable``), or refused to create a topic: the message says
+    which and why."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
+
+
+@attrs.frozen
+class Replication:
+    """How the app's topics are replicated on a cluster of ``brokers`` nodes (ADR 0029)."""
+
+    brokers: int
+
+    @property
+    def replicas(self) -> int:
+        """Three copies where the cluster has three nodes or more, else one per node."""
+        return min(self.brokers, 3)
+
+    @property
+    def configs(self) -> dict[str, str]:
+        """With three copies a write needs two in sync, so one node may fail without losing or
+        refusing an acknowledged write (``acks=all``)."""
+        return {"min.insync.replicas": "2"} if self.replicas >= 3 else {}
+
+
+@attrs.frozen
+class Topics:
+    """What :func:`ensure_topics` found and did."""
+
+    replication: Replication
+    created: tuple[str, ...]
+    existing: tuple[str, ...]
+    short: tuple[tuple[str, int, int], ...]
+    """Existing topics with fewer partitions than asked: (name, partitions, asked). Left as
+    they are: adding partitions moves chats to other partitions, an operator's decision."""
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Mapping[str, int], *, timeout_seconds: float = 15.0
+) -> Topics:
+    """Create each topic of ``topics`` (name -> partitions) that does not exist, replicated as
+    :class:`Replication` says for the cluster's size. Idempotent: an existing topic is left as
+    it is (one created meanwhile by another client too); one with fewer partitions than asked is
+    reported in ``short``. Raises :class:`TopicsError` when Kafka does not answer within
+    ``timeout_seconds`` or refuses a topic."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_seconds * 1000)
+    )
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            await admin.start()
+            brokers = len((await admin.describe_cluster())["brokers"])
+            replication = Replication(brokers)
+            described = await admin.describe_topics(list(topics))
+            partitions = {
+                t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0
+            }
+            missing = [name for name in topics if name not in partitions]
+            created: list[str] = []
+            if missing:
+                answer = await admin.create_topics(
+                    [
+                        NewTopic(
+                            name,
+                            topics[name],
+                            replication.replicas,
+                            topic_configs=replication.configs,
+                        )
+                        for name in missing
+                    ]
+                )
+                for name, code, message in answer.topic_errors:
+                    if code == 0:
+                        created.append(name)
+                    elif code != TOPIC_ALREADY_EXISTS:
+                        raise TopicsError(
+                            f"Kafka at {bootstrap} refused to create topic {name} "
+                            f"({topics[name]} partitions, {replication.replicas} replicas): "
+                            f"error {code}: {message}"
+                        )
+                if len(created) < len(missing):  # created by another client meanwhile
+                    described = await admin.describe_topics(
+                        [n for n in missing if n not in created]
+                    )
+                    partitions.update(
+                        {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+                    )
+    except TimeoutError:
+        raise TopicsError(
+            f"Kafka at {bootstrap} did not answer within {timeout_seconds:g}s", unreachable=True
+        ) from None
+    except (KafkaConnectionError, OSError) as exc:
+        raise TopicsError(
+            f"Kafka at {bootstrap} is unreachable: {exc!r}", unreachable=True
+        ) from exc
+    except KafkaError as exc:
+        raise TopicsError(f"Kafka at {bootstrap} refused: {exc!r}") from exc
+    finally:
+        await admin.close()
+    return Topics(
+        replication=replication,
+        created=tuple(created),
+        existing=tuple(n for n in topics if n not in created),
+        short=tuple(
+            (name, partitions[name], asked)
+            for name, asked in topics.items()
+            if name in partitions and name not in created and partitions[name] < asked
+        ),
+    )
 
 
 @asynccontextmanager

@@ -8,6 +8,7 @@ from aiokafka crosses the port (ADR 0022). A record that cannot be decoded is re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -23,6 +24,9 @@ from messaging.protocol.wire import decode_event
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+POSITION_SECONDS = 0.1
+"""How long ``backlog`` waits for a partition's position (it has one at once after a fetch)."""
 
 
 def translate(exc: Exception, doing: str) -> MessagingError:
@@ -76,16 +80,19 @@ class KafkaEventSource:
         if offsets:
             await _translated(self._consumer.commit(offsets), "committing offsets")
 
-    def lag(self) -> int:
-        total = 0
+    async def backlog(self) -> dict[int, int]:
+        behind: dict[int, int] = {}
         for partition in self._consumer.assignment():
-            end = self._consumer.highwater(partition)
-            if end is None:
-                continue
             try:
-                position = self._consumer.last_position(partition)
-            except Exception:
-                continue
-            if position is not None:
-                total += max(0, end - position)
-        return total
+                end = self._consumer.highwater(partition)
+                if end is None:  # no fetch of it answered since it was assigned
+                    continue
+                # Known without a request once the consumer has a position (it has fetched);
+                # bounded in case a reset is under way.
+                position = await asyncio.wait_for(
+                    self._consumer.position(partition), POSITION_SECONDS
+                )
+            except (AssertionError, KafkaError, TimeoutError):
+                continue  # unassigned meanwhile, or no position now: not known
+            behind[partition.partition] = max(0, end - position)
+        return behind
