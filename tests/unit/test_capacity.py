@@ -63,7 +63,7 @@ def _cost(*args: str) -> str:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ((), ["11.00 WRU, 1.00 RRU", "7.92 WRU, 1.00 RRU", "value 302 B", "key 34 B", "406 B"]),
+        ((), ["11.00 WRU, 1.00 RRU", "7.92 WRU, 0.04 RRU", "value 302 B", "key 34 B", "406 B"]),
         (("--text-bytes", "1000"), ["13.00 WRU, 1.00 RRU", "1342 B in a batch of 1"]),
     ],
 )
@@ -74,7 +74,7 @@ def test_the_per_message_figures_are_what_the_code_costs(
     for figure in expected:
         assert figure in output, output
     doc = DOC.read_text()
-    for figure in ("11 WRU + 1 RRU", "7.92 WRU + 1 RRU", "302 B", "34 B", "406 B", "348 B"):
+    for figure in ("11 WRU + 1 RRU", "7.92 WRU + 0.04 RRU", "302 B", "34 B", "406 B", "348 B"):
         assert figure in doc
     assert "13 WRU + 1 RRU" in doc
     assert "1,342 B" in doc

@@ -16,7 +16,7 @@ from messaging.domain.errors import (
     Unavailable,
 )
 from messaging.domain.ids import new_group_id, new_user_id
-from messaging.domain.model import Chat, ChatKind, Membership, Message
+from messaging.domain.model import Chat, ChatKind, IdempotencyRecord, Membership, Message
 from messaging.durability.config import DurabilityConfig
 from messaging.durability.ingest import IngestService
 from messaging.durability.ports import Append, BatchOutcome
@@ -250,6 +250,84 @@ async def test_a_retry_found_by_the_first_read_is_not_handed_to_the_relay_again(
     await send(service, alice, chat_id, "m1")
     await send(service, alice, chat_id, "m1")
     assert [m.sequence for m in sink.messages] == [1]
+
+
+class CountingStore(InMemoryMessageStore):
+    """Counts the send path's store calls; appends wait for ``gate`` while it is clear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.appending = asyncio.Event()
+
+    async def get_idempotency(self, key: str) -> IdempotencyRecord | None:
+        self.calls.append("get_idempotency")
+        return await super().get_idempotency(key)
+
+    async def append_batch(
+        self,
+        chat_id: str,
+        expected_head: int,
+        appends: Sequence[Append],
+        *,
+        writer: str = "",
+        now_ms: int = 0,
+    ) -> BatchOutcome:
+        self.calls.append("append_batch")
+        self.appending.set()
+        await self.gate.wait()
+        return await super().append_batch(
+            chat_id, expected_head, appends, writer=writer, now_ms=now_ms
+        )
+
+
+async def test_sends_to_a_chat_with_a_transaction_in_flight_make_no_read_first() -> None:
+    """A hot chat (ADR 0024, amended 2026-12-02): a send that finds the chat's committer busy
+    joins the queue without the idempotency read; the transaction's key condition decides."""
+    alice = new_user_id()
+    store = CountingStore()
+    chat_id = await new_chat(store, alice)
+    service = IngestService(store, CONFIG, clock=lambda: 1000.0)
+    await send(service, alice, chat_id, "m1")
+    store.calls.clear()
+    store.gate.clear()
+    store.appending.clear()
+    first = asyncio.create_task(send(service, alice, chat_id, "m2"))
+    await store.appending.wait()
+    rest = [asyncio.create_task(send(service, alice, chat_id, f"m{i}")) for i in range(3, 9)]
+    await asyncio.sleep(0.01)
+    store.gate.set()
+    results = await asyncio.gather(first, *rest)
+    assert [r.message.sequence for r in results] == [2, 3, 4, 5, 6, 7, 8]
+    # The lone send read its key; the six behind its transaction did not, and went together.
+    assert store.calls == ["get_idempotency", "append_batch", "append_batch"]
+
+
+async def test_a_retry_into_a_busy_chat_gets_the_original_and_is_not_relayed_again() -> None:
+    alice = new_user_id()
+    store = CountingStore()
+    chat_id = await new_chat(store, alice)
+    sink = Sink()
+    service = IngestService(store, CONFIG, sink=sink, clock=lambda: 1000.0)
+    original = await send(service, alice, chat_id, "m1")
+    store.gate.clear()
+    store.appending.clear()
+    other = asyncio.create_task(send(service, alice, chat_id, "m2"))
+    await store.appending.wait()
+    retry = asyncio.create_task(send(service, alice, chat_id, "m1"))
+    fresh = asyncio.create_task(send(service, alice, chat_id, "m3"))
+    await asyncio.sleep(0.01)
+    store.gate.set()
+    again, _, new = await asyncio.gather(retry, other, fresh)
+    assert (again.message.sequence, again.duplicate) == (original.message.sequence, True)
+    assert (new.message.sequence, new.duplicate) == (3, False)
+    # The retry was found by the transaction (it made no read first), set aside, and answered
+    # from the stored record; only the messages written by these sends went to the relay.
+    assert store.calls.count("get_idempotency") == 3  # m1's and m2's reads, the retry's answer
+    assert sorted(m.sequence for m in sink.messages) == [1, 2, 3]
+    assert sorted(s for (_, s) in store.messages) == [1, 2, 3]
 
 
 async def test_an_expired_idempotency_record_not_yet_deleted_counts_as_absent() -> None:

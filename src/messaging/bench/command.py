@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from messaging.bench.options import SCENARIO_NAMES, Options
+from messaging.bench.options import HOT_SENDERS, SCENARIO_NAMES, SUITE_NAMES, HotLayout, Options
 from messaging.settings import Settings
 
 if TYPE_CHECKING:
     from messaging.bench import apps as app_procs
     from messaging.bench.procstat import Sampler
 
-SUITE = SCENARIO_NAMES
+SUITE = SUITE_NAMES
 MAX_DURATION = 600.0
 Say = Callable[[str], None]
 
@@ -89,7 +89,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--members", type=_ints, default=(10,), help="group: members per chat, e.g. 10,100,1000"
     )
-    parser.add_argument("--senders", type=int, help="group/catchup: members that send")
+    parser.add_argument(
+        "--senders",
+        type=int,
+        help="group/catchup: members that send; hot: sending connections, spread as devices "
+        f"over the members (default {HOT_SENDERS})",
+    )
+    parser.add_argument(
+        "--in-flight",
+        type=_ints,
+        default=(1,),
+        help="hot: sends each sending connection keeps in flight; a list (1,2,4) runs one "
+        "closed-loop phase per value on the same connections (default 1)",
+    )
     parser.add_argument(
         "--messages", type=int, default=10_000, help="catchup: messages missed while offline"
     )
@@ -145,6 +157,15 @@ def options_from(args: argparse.Namespace) -> Options:
         raise SystemExit("messaging bench: --apps takes counts from 1 to 32, e.g. 1,2,3")
     if args.max_messages < 1 or args.concurrency < 1 or args.connections < 1:
         raise SystemExit("messaging bench: --max-messages, --concurrency, --connections >= 1")
+    if not args.in_flight or min(args.in_flight) < 1 or max(args.in_flight) > 64:
+        raise SystemExit("messaging bench: --in-flight takes values from 1 to 64, e.g. 1,2,4")
+    if args.scenario == "hot":
+        if len(args.members) != 1:
+            raise SystemExit("messaging bench hot: --members takes one size (one hot chat)")
+        try:
+            HotLayout(args.members[0], HOT_SENDERS if args.senders is None else args.senders)
+        except ValueError as exc:
+            raise SystemExit(f"messaging bench hot: {exc}") from None
     return Options(
         rate=args.rate,
         concurrency=args.concurrency,
@@ -165,6 +186,7 @@ def options_from(args: argparse.Namespace) -> Options:
         baseline_duration=args.baseline_duration,
         ack_interval=args.ack_interval,
         idle_duration=args.idle_duration,
+        in_flight=args.in_flight,
     )
 
 

@@ -18,6 +18,7 @@ TARGET_PER_CONNECTION_BYTES = 30 * KB
 TARGET_DUPLICATE_RATIO = 0.01
 TARGET_CPU_MS_PER_DIRECT_MESSAGE = 2.0
 TARGET_IDLE_CPU_PCT = 3.0
+TARGET_HOT_CHAT_SENDS_PER_S = 600
 
 
 def _ratio(value: float | None, limit: float | None) -> float | None:
@@ -208,7 +209,25 @@ def targets(
             None if conns["opened"] < 1000 else r is not None and r <= 1.0,
             f"held {conns['hold_seconds']:g} s",
         )
-    for name in ("direct", "group"):
+    hot = scenarios.get("hot")
+    if hot is not None:
+        (chat,) = hot["sizes"]
+        value = chat["phase"]["acked_per_s"]
+        r = _ratio(value, TARGET_HOT_CHAT_SENDS_PER_S)
+        target(
+            f"one hot {chat['members']}-member chat, {chat['senders']} concurrent senders: "
+            f"acked sends/s >= {TARGET_HOT_CHAT_SENDS_PER_S}",
+            value,
+            TARGET_HOT_CHAT_SENDS_PER_S,
+            r,
+            None
+            if chat["members"] != 10 or chat["senders"] < 50
+            else r is not None and r >= 1.0 and bool(chat["checker"]["ok"]),
+            f"{chat['connections']} connections ({chat['devices_per_member']} devices per "
+            f"member) each receiving everything; best of in flight per sender "
+            f"{', '.join(str(p['in_flight_per_sender']) for p in hot['phases'])}",
+        )
+    for name in ("direct", "group", "hot"):
         result = scenarios.get(name)
         if result is None:
             continue

@@ -35,7 +35,7 @@ from messaging.bench.load import (
     open_loop,
     progress_line,
 )
-from messaging.bench.options import Options
+from messaging.bench.options import HOT_SENDERS, HotLayout, Options
 from messaging.bench.population import Population, User
 from messaging.bench.procstat import Sampler, rss_bytes
 from messaging.bench.server import Scrape, metrics_delta, scrape
@@ -787,10 +787,106 @@ async def mixed(ctx: Context) -> dict[str, Any]:
     return result
 
 
+# ---------------------------------------------------------------- hot
+
+
+def store_calls(server: Mapping[str, Any]) -> dict[str, Any]:
+    """The app's DynamoDB calls over a phase (warm-up and drain included, as the server's
+    counters are), per operation: calls, mean ms, and calls per send the app stored in the
+    same span (``TransactWriteItems`` per stored send is one over the mean group-commit
+    batch)."""
+    stored = server.get("messaging_sends_total{outcome=stored}", 0)
+    prefix = "messaging_dynamodb_call_seconds{operation="
+    out: dict[str, Any] = {"stored_sends": int(stored)}
+    for key, entry in server.items():
+        if key.startswith(prefix) and isinstance(entry, dict):
+            out[key[len(prefix) : -1]] = {
+                **entry,
+                "per_stored_send": round(entry["calls"] / stored, 3) if stored else None,
+            }
+    return out
+
+
+async def hot(ctx: Context) -> dict[str, Any]:
+    """One hot chat: ``--members`` users, ``--senders`` sending connections spread as devices
+    over them (:class:`HotLayout`; every device of every member receives everything), each
+    sender keeping ``--in-flight`` sends in flight (closed loop, not waiting for delivery), one
+    phase per ``--in-flight`` value on the same connections. The checker and the full-delivery
+    wait run after the last phase."""
+    opts = ctx.options
+    layout = HotLayout(opts.members[0], opts.senders or HOT_SENDERS)
+    ctx.say(
+        f"hot: one chat of {layout.members} members x {layout.devices} device(s) = "
+        f"{layout.connections} connections, {layout.senders} of them sending, in flight per "
+        f"sender {', '.join(map(str, opts.in_flight))}"
+    )
+    users, login_rate = await ctx.population.users(layout.members, progress=ctx.say)
+    # Device 0 of each member is its first login; the others are further logins of the same
+    # phone number with their own device ids (each its own session and socket). One login per
+    # phone at a time (a new code replaces the one before), the members' in parallel.
+    devices = list(users)
+    for device in range(1, layout.devices):
+        devices += await asyncio.gather(
+            *(
+                ctx.population.login(user.index, f"bench-hot-{user.index:06d}-{device}")
+                for user in users
+            )
+        )
+    chat = await ctx.population.group(users[0], users, f"bench hot chat of {layout.members}")
+    recorder = Recorder(text_size=opts.text_size, tag=f"h{ctx.namespace.run_id}")
+    fleet = Fleet(ctx.ws_urls, recorder, options=client_options(ctx))
+    members = await fleet.connect(
+        devices, _only(chat.chat_id), concurrency=opts.connect_concurrency, say=ctx.say
+    )
+    targets = [Target(m, chat.chat_id) for m in members[: layout.senders]]
+    await warm_fanout(ctx, fleet, targets[0])
+    idle = await idle_point(ctx, "hot")
+    phases: list[dict[str, Any]] = []
+    for k in opts.in_flight:
+        phase = await run_phase(
+            ctx,
+            recorder,
+            targets,
+            label=f"hot k={k}",
+            rate=None,
+            concurrency=layout.senders * k,
+            duration=opts.duration,
+            fleet=fleet,
+        )
+        phase["in_flight_per_sender"] = k
+        phase["store_calls"] = store_calls(phase["server"])
+        phase["app_cpu_ms_per_acked_send"] = (
+            round(10 * phase["app_cpu_pct"] / phase["acked_per_s"], 3)
+            if phase["acked_per_s"]
+            else None
+        )
+        phases.append(phase)
+    best = max(phases, key=lambda p: float(p["acked_per_s"]))
+    entry: dict[str, Any] = {
+        "members": layout.members,
+        "devices_per_member": layout.devices,
+        "connections": layout.connections,
+        "senders": layout.senders,
+        "chat_id": chat.chat_id,
+        "idle": idle,
+        "phase": best,
+        "cpu_cost": cpu_cost(phases, idle),
+    }
+    entry.update(await finish(ctx, fleet, recorder))
+    return {
+        "scenario": "hot",
+        "users": layout.members,
+        "logins_per_s": round(login_rate, 1),
+        "phases": phases,
+        "sizes": [entry],
+    }
+
+
 SCENARIOS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "direct": direct,
     "group": group,
     "catchup": catchup,
     "connections": connections,
     "mixed": mixed,
+    "hot": hot,
 }

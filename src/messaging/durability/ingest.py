@@ -4,7 +4,9 @@ The algorithm (ADR 0004, group commit ADR 0024):
 
 1. A send is keyed by ``(sender, client_message_id)``. If that key was stored before, the
    original answer is returned (same sequence, ``duplicate=True``) and nothing is written; the
-   same key with different content is refused (``idempotency_key_reused``).
+   same key with different content is refused (``idempotency_key_reused``). A send into an
+   idle chat reads the key first; one into a chat whose committer is busy does not, and the
+   append transaction's key condition finds a stored key instead (step 3).
 2. Otherwise the send joins its chat's queue. One committer per chat and process takes what
    is queued (at most :data:`DurabilityConfig.commit_max_messages` messages, within DynamoDB's
    100-item and 4 MB transaction limits) and ``store.append_batch`` writes it in one
@@ -101,6 +103,8 @@ class _Send:
     digest: str
     known_head: int
     answer: asyncio.Future[SendResult]
+    proposed: set[tuple[int, int]] = attrs.field(factory=set)
+    """(sequence, created_at_ms) of the message each append attempt of this send proposed."""
 
     @property
     def key(self) -> str:
@@ -168,16 +172,25 @@ class IngestService:
         check_chat_id(chat_id)
         check_client_message_id(client_message_id)
         digest = hashlib.sha256(validate_text(text, self._config.max_text_bytes)).hexdigest()
-        key = idempotency_key(sender_id, client_message_id)
 
-        existing = await self._store.get_idempotency(key)
-        if existing is not None and existing.expires_at > self._clock():
-            return await self._replay(existing, chat_id, digest)
+        # The key: the transaction decides it (its idempotency Put is conditional: a key stored
+        # and not expired fails it with DUPLICATE_KEY, nothing is written, and the send is
+        # answered from the stored record, ``_rejected``). A send to an idle chat first reads
+        # it, so that a client's retry is answered without a transaction; a send to a chat
+        # whose committer is busy (a hot chat) does not: it waits for the transaction in
+        # flight anyway, and the read would be one more store call per message (ADR 0024,
+        # amended 2026-12-02).
+        if not self._queues.busy(chat_id):
+            existing = await self._store.get_idempotency(
+                idempotency_key(sender_id, client_message_id)
+            )
+            if existing is not None and existing.expires_at > self._clock():
+                return await self._replay(existing, chat_id, digest)
 
         # Membership is decided by the append transaction itself (its ConditionCheck: a
         # non-member gets NOT_A_MEMBER and nothing is written), and a chat whose head this
         # process wrote exists (chats are never deleted; a stale head is a moved head below),
-        # so the common send is two round trips: this idempotency read and the transaction.
+        # so a send is at most two round trips: the idempotency read and the transaction.
         known_head = self._heads.get(chat_id)
         if known_head is None:
             chat = await self._store.get_chat(chat_id)
@@ -288,6 +301,8 @@ class IngestService:
             while pending:
                 now = self._clock()
                 appends = [self._append(s, head + i, now) for i, s in enumerate(pending, 1)]
+                for send, append in zip(pending, appends, strict=True):
+                    send.proposed.add((append.message.sequence, append.message.created_at_ms))
                 outcome = await self._store.append_batch(
                     chat_id, head, appends, writer=self._writer, now_ms=int(now * 1000)
                 )
@@ -387,16 +402,19 @@ class IngestService:
             if await self._store.get_membership(send.chat_id, send.sender_id) is None:
                 raise chat_not_found(send.chat_id)  # as for a chat that does not exist
             raise NotAMember(f"you are no longer a member of chat {send.chat_id}")
-        # DUPLICATE_KEY. The key was free when this send began: either a concurrent send with
-        # the same key won, or this very send committed on an attempt whose answer was lost (the
-        # store's retrier re-sent it). In the second case nobody handed the message to the relay
-        # yet; handing it over again costs at most a duplicate in the log (clients drop
-        # duplicates), not a 3 s sweeper delay.
+        # DUPLICATE_KEY: the key was stored before (a client's retry into a busy chat: the
+        # original answer), or while this send waited (a concurrent send with the same key
+        # won), or by this very
+        # send on an attempt whose answer was lost (the store's retrier re-sent it). In the
+        # last case (the stored message is one this send proposed) nobody handed it to the
+        # relay yet: it goes there now (instead of a 3 s sweeper delay); in the others the
+        # writer of the stored message handed it over.
         stored = await self._store.get_idempotency(send.key)
         if stored is None:
             raise MessagingError(f"idempotency record {send.key} vanished during a send")
         result = await self._replay(stored, send.chat_id, send.digest)
-        self._sink.submit(result.message)
+        if (result.message.sequence, result.message.created_at_ms) in send.proposed:
+            self._sink.submit(result.message)
         return result
 
     async def _answer_copy(self, copy: _Send, first: _Send) -> None:

@@ -70,5 +70,9 @@ class ChatQueues(Generic[T]):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def busy(self, key: str) -> bool:
+        """Whether ``key``'s worker is running (an item in hand or queued)."""
+        return key in self._tasks
+
     def __len__(self) -> int:
         return len(self._tasks)
