@@ -5,6 +5,7 @@ library in ``messaging.client`` adds ordering, dedupe and retries; these tests c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from typing import Any
@@ -13,7 +14,7 @@ import attrs
 import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConcurrencyError, ConnectionClosed
 
 from tests.harness import AppProcess
 
@@ -117,8 +118,22 @@ class Socket:
             return closed.rcvd.code if closed.rcvd else None
 
     async def close(self) -> None:
+        """The closing handshake, reading and dropping what is still unread meanwhile: a
+        client whose receive queue is full stops reading the socket, never sees the server's
+        close frame behind the unread messages and would wait out the 10 s close timeout."""
         OPEN.discard(self)
-        await self.ws.close()
+        unread = asyncio.create_task(self._drop_unread())
+        try:
+            await self.ws.close()
+        finally:
+            unread.cancel()
+            await asyncio.gather(unread, return_exceptions=True)
+
+    async def _drop_unread(self) -> None:
+        # ConcurrencyError: another task of the test is reading this socket; it drains it.
+        with contextlib.suppress(ConnectionClosed, ConcurrencyError):
+            while True:
+                await self.ws.recv()
 
 
 async def open_socket(app: AppProcess, **kwargs: Any) -> Socket:

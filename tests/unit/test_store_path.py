@@ -138,10 +138,12 @@ async def test_without_head_claims_the_slow_writer_starves(
 
 
 class StuckStore(RacingStore):
-    """Every append hangs (a store path that went silent)."""
+    """Every append hangs (a store path that went silent) until ``released`` is set, which
+    lets the test's clean-up close the service at once instead of after its 10 s grace."""
 
     def __init__(self) -> None:
         super().__init__(0)
+        self.released = asyncio.Event()
 
     async def append_batch(
         self,
@@ -152,8 +154,8 @@ class StuckStore(RacingStore):
         writer: str = "",
         now_ms: int = 0,
     ) -> BatchOutcome:
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
+        await self.released.wait()
+        raise StoreUnavailable("the stuck path was released by the test's clean-up")
 
 
 async def test_a_send_queued_behind_a_stuck_batch_is_answered_by_its_own_deadline() -> None:
@@ -173,6 +175,7 @@ async def test_a_send_queued_behind_a_stuck_batch_is_answered_by_its_own_deadlin
         await first
     assert 0.25 <= took <= 0.8, took  # its own 0.3 s (a stuck batch would hold it forever)
     assert second.value.retriable
+    store.released.set()
     await service.close()
 
 
