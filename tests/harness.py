@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ from pathlib import Path
 
 import httpx
 
+from messaging.bench.apps import free_port
 from messaging.devstack.faults import sigkill
 
 ARTIFACTS = Path(os.environ.get("MESSAGING_TEST_ARTIFACTS", "test-artifacts"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class AppProcess:

@@ -72,4 +72,5 @@ def test_app_processes_are_alive_and_ready(apps: list[AppProcess]) -> None:
             "background": {"ok": True},
             "routing": {"ok": True},
             "fanout": {"ok": True},  # ADR 0022: a failing partition shows here
+            "fanout_progress": {"ok": True},  # ADR 0026: a stalled partition shows here
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,11 +24,35 @@ from messaging.infra.dynamodb import open_dynamo
 from messaging.infra.schema import ALL_TABLES, ensure_tables, table_name
 from messaging.settings import Settings, env_var, lifted_limits_env
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: 32768 unless tuned)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port for a process or fault-proxy path to listen on, just below the kernel's
+    ephemeral range and never the same twice in this process. A port the kernel hands out for
+    ``bind(0)`` lies inside that range, where any outgoing connection may take it before the
+    listener it was meant for binds: a Toxiproxy path failed with "address already in use" so in
+    a CI rehearsal. (Test Kafka nodes take blocks from 21000-29000, below these.)"""
+    low = _ephemeral_low()
+    for port in random.sample(range(max(1024, low - 2700), low), 500):
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @attrs.frozen(kw_only=True)
