@@ -39,6 +39,9 @@ class AppProcess:
             **env,
             "MESSAGING_PORT": str(self.port),
             "MESSAGING_INSTANCE_ID": self.instance_id,
+            # Every log line reaches the file before a SIGKILL (a scenario's last seconds were
+            # missing from an app's log: block-buffered stdout).
+            "PYTHONUNBUFFERED": "1",
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.serve_args: list[str] = []

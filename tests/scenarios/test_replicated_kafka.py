@@ -186,6 +186,14 @@ async def _cut_and_heal(net: Kafka3, scenario: Scenario, busy: str) -> None:
     scenario.note(f"node {victim} back in every ISR {time.monotonic() - healed:.1f}s after healing")
 
 
+def _ranges(missing: set[tuple[str, int]]) -> str:
+    """Per chat, the lowest and highest missing sequence and how many."""
+    chats: dict[str, list[int]] = {}
+    for chat, sequence in missing:
+        chats.setdefault(chat, []).append(sequence)
+    return ", ".join(f"{c}: {min(s)}-{max(s)} ({len(s)})" for c, s in sorted(chats.items()))
+
+
 async def test_live_delivery_survives_a_leader_kill_a_controller_loss_and_a_broker_cut(
     kafka3_net: Kafka3,
 ) -> None:
@@ -246,7 +254,10 @@ async def test_live_delivery_survives_a_leader_kill_a_controller_loss_and_a_brok
             if not missing:
                 break
             await asyncio.sleep(0.5)
-        assert not missing, f"{len(missing)} acknowledged message(s) are not in the log"
+        assert not missing, (
+            f"{len(missing)} acknowledged message(s) are not in the log: "
+            f"{_ranges(missing)}\n" + "\n".join(scenario.context)
+        )
         await scenario.final_check()
     finally:
         await scenario.close()

@@ -119,6 +119,7 @@ class AppProcess:
             env_var("port"): str(self.port),
             env_var("host"): "127.0.0.1",
             env_var("instance_id"): name,
+            "PYTHONUNBUFFERED": "1",  # every log line in the file before a SIGKILL
         }
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
