@@ -370,7 +370,13 @@ class Kafka:
         return asyncio.run(kafka_probe(self.address()))
 
     def create_topics(self) -> list[str]:
-        return asyncio.run(kafka_create_topics(self.address(), self.settings.kafka_topics))
+        return asyncio.run(
+            kafka_create_topics(
+                self.address(),
+                self.settings.kafka_topics,
+                brokers=self.settings.stack_kafka_brokers,
+            )
+        )
 
 
 def kafka_port(settings: Settings, node: int) -> int:
@@ -475,12 +481,15 @@ async def kafka_probe(bootstrap: str, timeout_seconds: float = 3.0) -> str | Non
         await admin.close()
 
 
-async def kafka_create_topics(bootstrap: str, topics: dict[str, int]) -> list[str]:
+async def kafka_create_topics(
+    bootstrap: str, topics: dict[str, int], *, brokers: int | None = None
+) -> list[str]:
     """The topics that were missing, created (``messaging.infra.kafka.ensure_topics``: the
-    same code as ``messaging db init``, replicated where the cluster can, ADR 0029)."""
+    same code as ``messaging db init``, replicated where the cluster can, ADR 0029); with
+    ``brokers``, once that many have registered and replicated for that size."""
     from messaging.infra.kafka import ensure_topics
 
-    return list((await ensure_topics(bootstrap, topics)).created)
+    return list((await ensure_topics(bootstrap, topics, brokers=brokers)).created)
 
 
 # --------------------------------------------------------------------------- DynamoDB API
