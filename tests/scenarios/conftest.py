@@ -5,8 +5,7 @@ integration suite's), so that which process consumes which partition, and what a
 process leaves uncommitted, depends on these two processes only. Tables are the session's.
 
 The long nemesis run (marker ``nemesis_long``) is deselected unless asked for: ``-m
-nemesis_long`` (or any ``-m`` naming it), or ``MESSAGING_TEST_NEMESIS_SECONDS`` set. So is the
-broker cut of the replicated profile (marker ``broker_cut``, ``-m broker_cut``: ADR 0037).
+nemesis_long`` (or any ``-m`` naming it), or ``MESSAGING_TEST_NEMESIS_SECONDS`` set.
 """
 
 from __future__ import annotations
@@ -33,18 +32,14 @@ from tests.scenarios.partitions import ProxiedApp, free_block
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    chosen = config.getoption("-m") or ""
-    deselected = {
-        marker
-        for marker in ("nemesis_long", "broker_cut")
-        if marker not in chosen
-        and not (marker == "nemesis_long" and os.environ.get("MESSAGING_TEST_NEMESIS_SECONDS"))
-    }
+    if "nemesis_long" in (config.getoption("-m") or "") or os.environ.get(
+        "MESSAGING_TEST_NEMESIS_SECONDS"
+    ):
+        return
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        marked = any(item.get_closest_marker(marker) for marker in deselected)
-        (drop if marked else keep).append(item)
+        (drop if item.get_closest_marker("nemesis_long") else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
