@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.integration.raw import Socket, authed, direct_chat, login
 from tests.scenarios.conftest import Network
@@ -150,6 +151,11 @@ async def test_a_one_way_cut_of_the_handoff_path_in_a_busy_group_loses_nothing(
     took = time.monotonic() - healed
     resyncs = sum(m.chat.stats.resyncs for m in members)
     scenario.note(f"converged {took:.1f}s after healing ({resyncs} resync hint(s))")
-    assert any(missed.values()), "a's members missed nothing: the cut did not bite"
+    await scenario.final_check()  # nothing lost, whether the cut bit or not
+    if not any(missed.values()):
+        # Seen once in a CI rehearsal since the direct path also runs while routing is degraded
+        # (ADR 0033, amended 2026-12-02): a process whose own consumer holds the chat's partition
+        # serves its members without Redis, so nothing needed a hand-off. Nothing to recover then:
+        # said as a skip, not counted as a pass of the recovery bound.
+        pytest.skip("the cut did not bite: a's members missed nothing (served locally)")
     assert took <= HANDOFF_BOUND + 5, took
-    await scenario.final_check()
