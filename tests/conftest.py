@@ -19,6 +19,7 @@ import uuid
 import attrs
 import pytest
 
+from messaging.bench.apps import free_port
 from messaging.settings import Settings, from_env
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -26,12 +27,6 @@ DYNOXIDE_ENV = "MESSAGING_TEST_DYNOXIDE_ENDPOINT"
 MOTO_ENV = "MESSAGING_TEST_MOTO_ENDPOINT"
 
 _moto: subprocess.Popen[bytes] | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_listening(port: int, seconds: float) -> bool:
@@ -49,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.dynamodb_emulator == "dynoxide":
         os.environ.setdefault(DYNOXIDE_ENV, settings.dynamodb_endpoint)
     if MOTO_ENV not in os.environ and not os.environ.get("MESSAGING_TEST_NO_MOTO"):
-        port = _free_port()
+        port = free_port()
         _moto = subprocess.Popen(
             [sys.executable, "-m", "messaging.devstack.moto_server", "--port", str(port)],
             stdout=subprocess.DEVNULL,

@@ -24,6 +24,7 @@ from messaging.protocol.wire import encode_event
 from messaging.settings import Settings, env_var
 from tests.harness import AppProcess
 from tests.integration.conftest import app_env
+from tests.integration.test_db_init import delete
 
 BOUND_MS = 2000
 SLACK_SECONDS = 5.0
@@ -41,15 +42,6 @@ async def committed(bootstrap: str, group: str, topic: str, partition: int) -> i
         (o.offset for tp, o in offsets.items() if (tp.topic, tp.partition) == (topic, partition)),
         -1,
     )
-
-
-async def delete(bootstrap: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
 
 
 async def eventually(probe: Callable[[], Awaitable[bool]], seconds: float) -> None:

@@ -11,6 +11,7 @@ import attrs
 import pytest
 
 from messaging import serving
+from messaging.bench.apps import free_port
 from messaging.settings import Settings
 
 
@@ -42,15 +43,9 @@ class FakeProc:
         self.returncode = -9
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def settings() -> Settings:
-    return attrs.evolve(Settings(), host="127.0.0.1", port=_free_port(), instance_id="app")
+    return attrs.evolve(Settings(), host="127.0.0.1", port=free_port(), instance_id="app")
 
 
 def _supervisor(settings: Settings, count: int) -> tuple[serving.Supervisor, list[FakeProc]]:
