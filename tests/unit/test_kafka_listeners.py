@@ -100,6 +100,55 @@ def test_the_format_command_passes_the_cluster_id_as_one_word(
     assert "-t" not in argv
 
 
+def test_nodes_starting_at_once_format_with_one_cluster_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replicated profile's nodes start in threads at once. When each checked for the id
+    file and wrote its own, two nodes could format with different ids, and the odd one never
+    joined the quorum (one CI run waited 120 s for it)."""
+    import itertools
+    import subprocess
+    import threading
+
+    from messaging.devstack import services
+
+    settings = Settings(stack_dir=tmp_path, stack_kafka_brokers=3)
+    nodes = [s for s in stack.services(settings) if isinstance(s, Kafka)]
+    # Every node draws its offer before any writes one: the widest window of the race.
+    barrier = threading.Barrier(len(nodes), timeout=10)
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def draw() -> str:
+        with lock:
+            n = next(counter)
+        barrier.wait()
+        return f"id{n}"
+
+    formatted: list[str] = []
+
+    def run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        formatted.extend(a.split("=", 1)[1] for a in argv if a.startswith("--cluster-id="))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(services, "_kafka_uuid", draw)
+    monkeypatch.setattr(services.subprocess, "run", run)
+    monkeypatch.setattr(type(nodes[0].process), "start", lambda self, argv: None)
+    threads = [threading.Thread(target=node.start) for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(formatted) == len(nodes)
+    assert len(set(formatted)) == 1, formatted
+    assert sorted(p.name for p in (tmp_path / "kafka3-data").iterdir()) == [
+        "cluster-id",
+        "node-1",
+        "node-2",
+        "node-3",
+    ]
+
+
 def _replicated(tmp_path: Path, peer_base: int = 0) -> dict[int, dict[str, str]]:
     settings = Settings(
         stack_dir=tmp_path,

@@ -342,11 +342,7 @@ class Kafka:
         properties = self._properties()
         if not (self.data_dir / "meta.properties").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            # One cluster id for every node of the profile (kept beside their data dirs).
-            id_file = self.data_dir.parent / "cluster-id"
-            if self.brokers == 1 or not id_file.exists():
-                id_file.write_text(_kafka_uuid())
-            cluster_id = id_file.read_text().strip()
+            cluster_id = _cluster_id(self.data_dir.parent / "cluster-id", fresh=self.brokers == 1)
             standalone = ["--standalone"] if self.brokers == 1 else []
             result = subprocess.run(
                 self._java(
@@ -460,6 +456,28 @@ def _kafka_uuid() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not text.startswith("-"):
             return text
+
+
+def _cluster_id(id_file: Path, *, fresh: bool) -> str:
+    """The cluster id in ``id_file``, one for every node of a profile (kept beside their data
+    dirs); ``fresh`` draws a new one for the single node.
+
+    The replicated profile's nodes start at once, in threads: each offers an id and the first
+    to link its offer wins, so every node formats with the same one. (Checking for the file
+    and then writing it let two nodes format with different ids; the odd one never joined the
+    quorum, and the scenario waited 120 s for it in one CI run.)"""
+    if fresh:
+        id_file.write_text(_kafka_uuid())
+        return id_file.read_text().strip()
+    offer = id_file.with_name(f"{id_file.name}.{os.getpid()}.{uuid.uuid4().hex}")
+    offer.write_text(_kafka_uuid())
+    try:
+        os.link(offer, id_file)
+    except FileExistsError:
+        pass
+    finally:
+        offer.unlink()
+    return id_file.read_text().strip()
 
 
 async def kafka_probe(bootstrap: str, timeout_seconds: float = 3.0) -> str | None:

@@ -80,7 +80,8 @@ def _wait_ready(service: Service, say: Say, timeout: float = READY_TIMEOUT_SECON
             last_note = time.monotonic()
         time.sleep(0.5)
     raise StackError(
-        f"{service.name} not ready after {timeout:.0f}s: {problem}; see {service.process.log_file}"
+        f"{service.name} not ready after {timeout:.0f}s: {problem}; last log lines "
+        f"({service.process.log_file}):\n{service.process.tail(25)}"
     )
 
 
