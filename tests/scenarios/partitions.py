@@ -12,9 +12,15 @@ advertises its own address in metadata, so proxying it needs a listener per path
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
+import time
 from collections.abc import Mapping
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.partitioner import DefaultPartitioner
 
 from messaging.devstack.toxiproxy import Path, Toxiproxy
 from messaging.settings import Settings
@@ -35,6 +41,47 @@ def free_block(width: int) -> int:
             continue
         return base
     raise RuntimeError("no free block of ports")
+
+
+def partition_of(chat_id: str, partitions: int) -> int:
+    """The partition of the messages topic a chat's events go to (keyed by chat id)."""
+    every = list(range(partitions))
+    return int(DefaultPartitioner()(chat_id.encode(), every, every))
+
+
+async def partitions_consumed(
+    settings: Settings, members: int, seconds: float = 30.0
+) -> dict[str, frozenset[int]] | None:
+    """Which partitions of the messages topic each app process's fanout consumer holds (by
+    instance id, the consumer's client id), once the group is stable with ``members``
+    members, each assigned some; None if it is not within ``seconds``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            (response,) = await admin.describe_consumer_groups([settings.kafka_consumer_group])
+            _, _, state, _, _, found = response.groups[0][:6]
+            held = {
+                client_id: frozenset(
+                    p
+                    for topic, parts in _decode(assignment)
+                    if topic == settings.kafka_messages_topic
+                    for p in parts
+                )
+                for _, client_id, _, _, assignment in (m[:5] for m in found)
+                if assignment
+            }
+            if state == "Stable" and len(held) == members and all(held.values()):
+                return held
+            await asyncio.sleep(0.5)
+        return None
+    finally:
+        await admin.close()
+
+
+def _decode(assignment: bytes) -> list[tuple[str, list[int]]]:
+    return list(ConsumerProtocolMemberAssignment.decode(assignment).assignment)
 
 
 class ProxiedApp(App):

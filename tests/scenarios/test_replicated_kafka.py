@@ -28,7 +28,6 @@ from typing import Any
 import attrs
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.partitioner import DefaultPartitioner
 
 from messaging.devstack import stack
 from messaging.devstack.services import (
@@ -45,7 +44,7 @@ from messaging.settings import Settings, env_var
 from tests.conftest import RUN_ID
 from tests.scenarios.conftest import scenario_env
 from tests.scenarios.harness import App, Scenario, Traffic, published
-from tests.scenarios.partitions import free_block
+from tests.scenarios.partitions import free_block, partition_of
 from tests.scenarios.test_stack_faults import acked_locations, population
 
 NODES = 3
@@ -132,8 +131,7 @@ async def _partitions(settings: Settings, bootstrap: str | None = None) -> list[
 async def _leader_of(settings: Settings, chat_id: str) -> int:
     """The node leading the partition that a chat's messages go to (keyed by chat id)."""
     found = await _partitions(settings)
-    partitions = sorted(p["partition"] for p in found)
-    partition = DefaultPartitioner()(chat_id.encode(), partitions, partitions)
+    partition = partition_of(chat_id, len(found))
     leader = next(p["leader"] for p in found if p["partition"] == partition)
     return int(leader)
 
