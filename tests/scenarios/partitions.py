@@ -23,11 +23,9 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.partitioner import DefaultPartitioner
 
 from messaging.devstack.toxiproxy import Path, Toxiproxy
+from messaging.lab.processes import make_paths, path_ports, proxied_env, remove_paths
 from messaging.settings import Settings
-from tests.harness import free_port
 from tests.scenarios.harness import App
-
-PATHS = ("dynamodb", "redis", "client")
 
 
 def free_block(width: int) -> int:
@@ -85,18 +83,12 @@ def _decode(assignment: bytes) -> list[tuple[str, list[int]]]:
 
 
 class ProxiedApp(App):
-    """An app process whose store, Redis and client paths run through proxies."""
+    """An app process whose store, Redis and client paths run through proxies (the lab
+    console's processes use the same paths: ``messaging.lab.processes``)."""
 
     def __init__(self, name: str, env: Mapping[str, str]) -> None:
-        self.ports = {kind: free_port() for kind in PATHS}
-        super().__init__(
-            name,
-            {
-                **env,
-                "MESSAGING_DYNAMODB_ENDPOINT": f"http://127.0.0.1:{self.ports['dynamodb']}",
-                "MESSAGING_REDIS_URL": f"redis://127.0.0.1:{self.ports['redis']}/0",
-            },
-        )
+        self.ports = path_ports()
+        super().__init__(name, {**env, **proxied_env(self.ports)})
         self.paths: dict[str, Path] = {}
 
     @property
@@ -105,16 +97,7 @@ class ProxiedApp(App):
         return f"ws://127.0.0.1:{self.ports['client']}"
 
     async def make_paths(self, proxy: Toxiproxy, settings: Settings) -> None:
-        upstreams = {
-            "dynamodb": f"127.0.0.1:{settings.stack_dynamodb_port}",
-            "redis": f"127.0.0.1:{settings.stack_redis_port}",
-            "client": f"127.0.0.1:{self.port}",
-        }
-        for kind in PATHS:
-            self.paths[kind] = await proxy.path(
-                f"{self.name}-{kind}", self.ports[kind], upstreams[kind]
-            )
+        self.paths = await make_paths(proxy, self.name, self.ports, settings, self.port)
 
     async def remove_paths(self, proxy: Toxiproxy) -> None:
-        for path in self.paths.values():
-            await proxy.remove(path.name)
+        await remove_paths(proxy, self.paths)

@@ -19,6 +19,42 @@ from messaging.devstack.toxiproxy import Path, Toxiproxy
 from messaging.settings import Settings, env_var
 
 PATHS = ("dynamodb", "redis", "client")
+"""An app process's Toxiproxy paths (ADR 0028): to the DynamoDB API, to Redis, and its
+clients' path to it."""
+
+
+def path_ports() -> dict[str, int]:
+    """A listen port for each of a process's paths, kept across its restarts."""
+    return {kind: free_port() for kind in PATHS}
+
+
+def proxied_env(ports: Mapping[str, int]) -> dict[str, str]:
+    """The settings that send a process's store and Redis traffic through its paths."""
+    return {
+        env_var("dynamodb_endpoint"): f"http://127.0.0.1:{ports['dynamodb']}",
+        env_var("redis_url"): f"redis://127.0.0.1:{ports['redis']}/0",
+    }
+
+
+async def make_paths(
+    proxy: Toxiproxy, name: str, ports: Mapping[str, int], settings: Settings, app_port: int
+) -> dict[str, Path]:
+    """Process ``name``'s paths: each listens on its port of ``ports`` and forwards to the
+    stack's service (or, for ``client``, to the process on ``app_port``)."""
+    upstreams = {
+        "dynamodb": f"127.0.0.1:{settings.stack_dynamodb_port}",
+        "redis": f"127.0.0.1:{settings.stack_redis_port}",
+        "client": f"127.0.0.1:{app_port}",
+    }
+    return {
+        kind: await proxy.path(f"{name}-{kind}", ports[kind], upstreams[kind]) for kind in PATHS
+    }
+
+
+async def remove_paths(proxy: Toxiproxy, paths: Mapping[str, Path]) -> None:
+    for path in paths.values():
+        with contextlib.suppress(Exception):
+            await proxy.remove(path.name)
 
 
 class LabApp(AppProcess):
@@ -28,12 +64,11 @@ class LabApp(AppProcess):
         self, name: str, env: Mapping[str, str], log_dir: FsPath, *, proxied: bool
     ) -> None:
         self.proxied = proxied
-        self.ports = {kind: free_port() for kind in PATHS} if proxied else {}
+        self.ports = path_ports() if proxied else {}
         # Routing entries refresh every few seconds, so a FLUSHALL heals within seconds.
         overrides = {env_var("fault_hooks"): "true", env_var("routing_ttl_seconds"): "3"}
         if proxied:
-            overrides[env_var("dynamodb_endpoint")] = f"http://127.0.0.1:{self.ports['dynamodb']}"
-            overrides[env_var("redis_url")] = f"redis://127.0.0.1:{self.ports['redis']}/0"
+            overrides.update(proxied_env(self.ports))
         super().__init__(name, {**env, **overrides}, log_dir)
         self.paths: dict[str, Path] = {}
         self.restarts = 0
@@ -51,20 +86,10 @@ class LabApp(AppProcess):
         return f"ws://127.0.0.1:{port}"
 
     async def make_paths(self, proxy: Toxiproxy, settings: Settings) -> None:
-        upstreams = {
-            "dynamodb": f"127.0.0.1:{settings.stack_dynamodb_port}",
-            "redis": f"127.0.0.1:{settings.stack_redis_port}",
-            "client": f"127.0.0.1:{self.port}",
-        }
-        for kind in PATHS:
-            self.paths[kind] = await proxy.path(
-                f"{self.name}-{kind}", self.ports[kind], upstreams[kind]
-            )
+        self.paths = await make_paths(proxy, self.name, self.ports, settings, self.port)
 
     async def remove_paths(self, proxy: Toxiproxy) -> None:
-        for path in self.paths.values():
-            with contextlib.suppress(Exception):
-                await proxy.remove(path.name)
+        await remove_paths(proxy, self.paths)
 
     async def launch(self, seconds: float = 60.0) -> None:
         self.spawn()
