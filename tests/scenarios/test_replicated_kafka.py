@@ -103,8 +103,10 @@ async def kafka3_net(scenario_settings: Settings, tmp_path: Path) -> AsyncIterat
             assert len(partition["replicas"]) == NODES, partition
         yield Kafka3(settings, proxy, peers)
     finally:
+        # SIGKILL: the cluster and its data are this test's own, and a graceful stop of the
+        # last node waits out its grace period (no quorum left for a controlled shutdown).
         for node in nodes:
-            node.process.stop()
+            node.process.kill()
         for path in peers.values():
             await proxy.remove(path.name)
         await proxy.aclose()
