@@ -133,12 +133,14 @@ async def test_a_one_way_cut_of_the_handoff_path_in_a_busy_group_loses_nothing(
     # its members without Redis and the cut would not bite (seen in one CI rehearsal).
     held = await partitions_consumed(scenario.settings, members=2) or {}
     scenario.note(f"partitions by process: { {k: sorted(v) for k, v in held.items()} }")
-    theirs, count = held.get(b.name, frozenset()), sum(len(p) for p in held.values())
+    assert not held or b.instance_id in held, (b.instance_id, held)
+    theirs, count = held.get(b.instance_id, frozenset()), sum(len(p) for p in held.values())
 
     def on_b(chat_id: str) -> bool:
         return partition_of(chat_id, count) in theirs
 
-    await scenario.group(members[0], members[1:], "busy", accept=on_b if theirs else None)
+    chat_id = await scenario.group(members[0], members[1:], "busy", accept=on_b if theirs else None)
+    scenario.note(f"the group's partition: {partition_of(chat_id, count) if count else '?'}")
     for member in members:
         await member.connect()
     traffic = Traffic(members, random.Random(33), interval=(0.02, 0.2)).start()
@@ -150,7 +152,6 @@ async def test_a_one_way_cut_of_the_handoff_path_in_a_busy_group_loses_nothing(
         finally:
             await traffic.stop()
         scenario.note(f"traffic stopped after {traffic.sent} sends")
-        (chat_id,) = scenario.chat_members
         head = (await scenario.heads())[chat_id]
         missed = {m.name: head - m.chat.delivered_sequence(chat_id) for m in members if m.app is a}
         await network.proxy.heal(a.paths["redis"])
