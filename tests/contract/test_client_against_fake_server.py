@@ -4,7 +4,7 @@ and clean shutdown (docs/protocol.md, "Client rules")."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -19,6 +19,7 @@ from messaging.client import (
 )
 from messaging.domain.model import Message
 from tests.fakes.fake_ws_server import FakeServer
+from tests.polling import eventually
 
 A, B = "u_alice", "u_bob"
 FAST = ClientOptions(
@@ -51,14 +52,6 @@ def client_for(
 async def take(client: ChatClient, count: int, seconds: float = 5.0) -> list[Message]:
     async with asyncio.timeout(seconds):
         return [await client.next_message() for _ in range(count)]
-
-
-async def eventually(predicate: Callable[[], bool], seconds: float = 2.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the condition never held")
 
 
 async def settle(client: ChatClient) -> None:

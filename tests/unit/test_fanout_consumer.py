@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Collection
 
 import httpx
 import pytest
@@ -31,6 +31,7 @@ from tests.fakes.fanout import (
     RecordingDeadLetters,
     message,
 )
+from tests.polling import eventually
 
 ALICE, BOB = "u_" + "a" * 32, "u_" + "b" * 32
 
@@ -109,14 +110,6 @@ async def running(world: World) -> AsyncIterator[None]:
         await task
 
 
-async def until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.001)):
-        if predicate():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("the condition never held")
-
-
 async def test_a_batch_that_always_fails_is_parked_after_the_bound_and_the_partition_moves_on() -> (
     None
 ):
@@ -126,7 +119,7 @@ async def test_a_batch_that_always_fails_is_parked_after_the_bound_and_the_parti
     world.log.append(message(stuck, 1))
     world.log.append(message(stuck, 2))
     async with running(world):
-        await until(lambda: world.committed() == 2)
+        await eventually(lambda: world.committed() == 2)
         assert [(p.record, p.partition, p.offset) for p in world.letters.parked] == [
             (message(stuck, 1), 0, 0),
             (message(stuck, 2), 0, 1),
@@ -134,7 +127,7 @@ async def test_a_batch_that_always_fails_is_parked_after_the_bound_and_the_parti
         assert "failed 3 times" in world.letters.parked[0].reason
         assert world.sleeps == [0.1, 0.2]  # backoff between the 3 attempts, doubling
         world.log.append(message(fine, 1))  # the partition moves on
-        await until(lambda: world.committed() == 3)
+        await eventually(lambda: world.committed() == 3)
         assert world.delivered() == [(fine, 1)]
         await world.consumer.check()  # ready again
     assert world.sample("messaging_fanout_failures_total", kind="retriable") == 3
@@ -148,7 +141,7 @@ async def test_a_permanent_failure_parks_only_the_records_that_fail_alone() -> N
     for chat, seq in ((fine, 1), (poison, 1), (fine, 2)):
         world.log.append(message(chat, seq))
     async with running(world):
-        await until(lambda: world.committed() == 3)
+        await eventually(lambda: world.committed() == 3)
     assert world.delivered() == [(fine, 1), (fine, 2)]
     assert [p.offset for p in world.letters.parked] == [1]
     assert "InvalidInput" in world.letters.parked[0].reason
@@ -162,7 +155,7 @@ async def test_an_undecodable_record_is_parked_and_does_not_stall_the_partition(
     world.log.append_raw(0, b"{not json")
     world.log.append(message(chat, 1))
     async with running(world):
-        await until(lambda: world.committed() == 2)
+        await eventually(lambda: world.committed() == 2)
     assert world.letters.parked[0].record == b"{not json"
     assert world.letters.parked[0].reason.startswith("undecodable")
     assert world.delivered() == [(chat, 1)]
@@ -175,9 +168,9 @@ async def test_a_retriable_failure_that_clears_is_delivered_without_dead_letters
     world.members.broken[chat] = Unavailable("blip")
     world.log.append(message(chat, 1))
     async with running(world):
-        await until(lambda: len(world.sleeps) >= 2)
+        await eventually(lambda: len(world.sleeps) >= 2)
         del world.members.broken[chat]
-        await until(lambda: world.committed() == 1)
+        await eventually(lambda: world.committed() == 1)
     assert world.delivered() == [(chat, 1)]
     assert world.letters.parked == []
 
@@ -190,7 +183,7 @@ async def test_readiness_and_metrics_name_a_failing_partition_while_it_is_retrie
     app = Starlette(routes=health.routes(lambda _: [world.consumer]))
     transport = httpx.ASGITransport(app=app)
     async with running(world), httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        await until(lambda: len(world.sleeps) >= 3)
+        await eventually(lambda: len(world.sleeps) >= 3)
         answer = await http.get("/readyz")
         # ADR 0033: a failing fanout degrades freshness, not readiness.
         assert answer.status_code == 200
@@ -203,7 +196,7 @@ async def test_readiness_and_metrics_name_a_failing_partition_while_it_is_retrie
         assert world.committed() == 0
         assert world.sample("messaging_fanout_failures_total", kind="retriable") >= 3
         del world.members.broken[chat]
-        await until(lambda: world.committed() == 1)
+        await eventually(lambda: world.committed() == 1)
         answer = await http.get("/readyz")
         assert (answer.status_code, answer.json()["status"]) == (200, "ready")
         assert not world.consumer.failing
@@ -215,7 +208,7 @@ async def test_stopping_during_retries_leaves_the_batch_uncommitted() -> None:
     world.members.broken[chat] = Unavailable("away")
     world.log.append(message(chat, 1))
     async with running(world):
-        await until(lambda: len(world.sleeps) >= 2)
+        await eventually(lambda: len(world.sleeps) >= 2)
     assert world.committed() == 0  # the next owner of the partition re-delivers it
     assert world.letters.parked == []
 
@@ -227,14 +220,14 @@ async def test_a_failing_dead_letter_store_holds_the_partition_until_it_parks() 
     world.letters.fail = True
     world.log.append(message(chat, 1))
     async with running(world):
-        await until(
+        await eventually(
             lambda: world.sample("messaging_fanout_failures_total", kind="dead_letter") >= 2
         )
         assert world.committed() == 0
         with pytest.raises(RuntimeError, match="partition"):
             await world.consumer.check()
         world.letters.fail = False
-        await until(lambda: world.committed() == 1)
+        await eventually(lambda: world.committed() == 1)
     assert world.letters.parked == [Parked(message(chat, 1), 0, 0, world.letters.parked[0].reason)]
 
 
@@ -242,12 +235,12 @@ async def test_a_failing_poll_is_retried_and_reported() -> None:
     world = World()
     world.source.fail = Unavailable("the log is away")
     async with running(world):
-        await until(lambda: len(world.sleeps) >= 2)
+        await eventually(lambda: len(world.sleeps) >= 2)
         with pytest.raises(RuntimeError, match="polling the event log fails"):
             await world.consumer.check()
         world.source.fail = None
-        await until(lambda: world.sample("messaging_fanout_seconds_since_progress") < 1)
-        await until(lambda: not world.consumer._poll_error)
+        await eventually(lambda: world.sample("messaging_fanout_seconds_since_progress") < 1)
+        await eventually(lambda: not world.consumer._poll_error)
         await world.consumer.check()
     assert world.sample("messaging_fanout_failures_total", kind="poll") >= 2
 
@@ -269,10 +262,10 @@ async def test_the_reorder_window_fans_a_late_predecessor_out_first() -> None:
     world.log.append(message(chat, 1))
     world.log.append(message(chat, 3))
     async with running(world):
-        await until(lambda: world.committed() == 2)
+        await eventually(lambda: world.committed() == 2)
         assert world.delivered() == [(chat, 1)]  # 3 waits for 2 (committed all the same)
         world.log.append(message(chat, 2))
-        await until(lambda: len(world.delivered()) == 3)
+        await eventually(lambda: len(world.delivered()) == 3)
         assert world.delivered() == [(chat, 1), (chat, 2), (chat, 3)]
     assert world.sample("messaging_fanout_reorder_holds_total") == 1
     assert world.sample("messaging_fanout_reorder_expired_total") == 0
@@ -284,7 +277,7 @@ async def test_the_reorder_window_gives_up_on_a_hole_after_the_window_without_ne
     for sequence in (1, 3, 4):
         world.log.append(message(chat, sequence))
     async with running(world):
-        await until(lambda: len(world.delivered()) == 3, seconds=1.0)
+        await eventually(lambda: len(world.delivered()) == 3, seconds=1.0)
         assert world.delivered() == [(chat, 1), (chat, 3), (chat, 4)]
         assert world.sample("messaging_fanout_reorder_held_records") == 0
     assert world.sample("messaging_fanout_reorder_expired_total") == 1
@@ -296,7 +289,7 @@ async def test_stopping_fans_out_what_the_reorder_window_holds() -> None:
     world.log.append(message(chat, 1))
     world.log.append(message(chat, 3))
     async with running(world):
-        await until(lambda: world.committed() == 2)
+        await eventually(lambda: world.committed() == 2)
         assert world.delivered() == [(chat, 1)]
     assert world.delivered() == [(chat, 1), (chat, 3)]
 
@@ -307,8 +300,8 @@ async def test_a_hold_expires_while_the_log_cannot_be_polled() -> None:
     world.log.append(message(chat, 1))
     world.log.append(message(chat, 3))
     async with running(world):
-        await until(lambda: world.committed() == 2)
+        await eventually(lambda: world.committed() == 2)
         world.source.fail = KafkaConnectionError()
-        await until(lambda: len(world.delivered()) == 2, seconds=1.0)
+        await eventually(lambda: len(world.delivered()) == 2, seconds=1.0)
         assert world.delivered() == [(chat, 1), (chat, 3)]
         world.source.fail = None

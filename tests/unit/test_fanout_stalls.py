@@ -28,6 +28,7 @@ from tests.fakes.fanout import (
     RecordingDeadLetters,
     message,
 )
+from tests.polling import eventually
 
 ALICE = "u_" + "a" * 32
 BOUND = 30.0
@@ -106,7 +107,7 @@ class World:
         return self.log.committed.get(("fanout", partition), 0)
 
     async def until_committed(self, partition: int, offset: int) -> None:
-        await until(lambda: self.committed(partition) == offset)
+        await eventually(lambda: self.committed(partition) == offset)
 
     def stalled_gauge(self) -> float:
         value = self.metrics.registry.get_sample_value("messaging_fanout_stalled_partitions")
@@ -133,14 +134,6 @@ async def running(world: World) -> AsyncIterator[None]:
         await task
 
 
-async def until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.001)):
-        if predicate():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("the condition never held")
-
-
 async def test_a_handler_stuck_on_a_batch_is_reported_after_the_bound_and_clears_on_progress() -> (
     None
 ):
@@ -149,7 +142,7 @@ async def test_a_handler_stuck_on_a_batch_is_reported_after_the_bound_and_clears
     world.members.gated.add(stuck)
     async with running(world):
         world.log.append(message(stuck, 1))
-        await until(lambda: world.members.reads >= 1)  # the batch is in hand, its fanout hangs
+        await eventually(lambda: world.members.reads >= 1)  # the batch is in hand, its fanout hangs
         world.clock.now += BOUND - 1
         assert await world.readyz() == (200, "ready", [], "")
         assert world.stalled_gauge() == 0
@@ -160,8 +153,8 @@ async def test_a_handler_stuck_on_a_batch_is_reported_after_the_bound_and_clears
         assert "partition(s) 0 (31s) with records pending" in error
         assert world.stalled_gauge() == 1
         world.members.gate.set()
-        await until(lambda: world.committed(0) == 1)
-        await until(lambda: world.stalled_gauge() == 0)
+        await eventually(lambda: world.committed(0) == 1)
+        await eventually(lambda: world.stalled_gauge() == 0)
         assert await world.readyz() == (200, "ready", [], "")
 
 
@@ -181,7 +174,7 @@ async def test_a_partition_whose_records_never_come_is_named_while_the_others_pr
         assert "partition(s) 0" not in error
         assert world.consumer.failing  # no batch is failing: the stall alone starts the direct path
         world.source.held = frozenset()
-        await until(lambda: world.committed(1) == 1)
+        await eventually(lambda: world.committed(1) == 1)
         assert await world.readyz() == (200, "ready", [], "")
         assert not world.consumer.failing
 
@@ -191,7 +184,7 @@ async def test_a_partition_without_pending_records_is_never_stalled() -> None:
     chat = world.chat_on(0)
     async with running(world):
         world.log.append(message(chat, 1))
-        await until(lambda: world.committed(0) == 1)
+        await eventually(lambda: world.committed(0) == 1)
         world.clock.now += 100 * BOUND
         assert await world.consumer.stalled() == {}
         assert await world.readyz() == (200, "ready", [], "")
@@ -214,7 +207,7 @@ async def test_slow_but_steady_progress_is_not_a_stall() -> None:
     for sequence in range(1, 6):
         world.log.append(message(chat, sequence))
     async with running(world):
-        await until(lambda: world.committed(0) == 5)
+        await eventually(lambda: world.committed(0) == 5)
     assert len(seen) == 5
     assert seen == [{}] * 5
 

@@ -41,6 +41,7 @@ from messaging.protocol.delivery import Delivery, RouteRegistry
 from messaging.protocol.frames import CloseCode
 from messaging.protocol.identity import Principal, SessionChecker, TokenVerifier
 from messaging.settings import Settings
+from tests.polling import eventually
 
 METRICS = Metrics()
 
@@ -85,14 +86,6 @@ def other_tasks() -> set[asyncio.Task[Any]]:
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
-
-
-async def eventually(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.005)):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("the condition never held")
 
 
 def idle() -> bool:
