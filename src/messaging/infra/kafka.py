@@ -85,45 +85,12 @@ async def ensure_topics(
     try:
         async with asyncio.timeout(timeout_seconds):
             await admin.start()
-            registered = len((await admin.describe_cluster())["brokers"])
-            while brokers is not None and registered < brokers:
-                await asyncio.sleep(0.2)
-                registered = len((await admin.describe_cluster())["brokers"])
-            replication = Replication(brokers or registered)
-            described = await admin.describe_topics(list(topics))
-            partitions = {
-                t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0
-            }
-            missing = [name for name in topics if name not in partitions]
-            created: list[str] = []
-            if missing:
-                answer = await admin.create_topics(
-                    [
-                        NewTopic(
-                            name,
-                            topics[name],
-                            replication.replicas,
-                            topic_configs=replication.configs,
-                        )
-                        for name in missing
-                    ]
-                )
-                for name, code, message in answer.topic_errors:
-                    if code == 0:
-                        created.append(name)
-                    elif code != TOPIC_ALREADY_EXISTS:
-                        raise TopicsError(
-                            f"Kafka at {bootstrap} refused to create topic {name} "
-                            f"({topics[name]} partitions, {replication.replicas} replicas): "
-                            f"error {code}: {message}"
-                        )
-                if len(created) < len(missing):  # created by another client meanwhile
-                    described = await admin.describe_topics(
-                        [n for n in missing if n not in created]
-                    )
-                    partitions.update(
-                        {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
-                    )
+            replication = Replication(await _registered(admin, brokers))
+            partitions = await _partitions(admin, list(topics))
+            missing = {name: n for name, n in topics.items() if name not in partitions}
+            created = await _create(admin, bootstrap, missing, replication) if missing else []
+            if len(created) < len(missing):  # created by another client meanwhile
+                partitions |= await _partitions(admin, [n for n in missing if n not in created])
     except TimeoutError:
         raise TopicsError(
             f"Kafka at {bootstrap} did not answer within {timeout_seconds:g}s", unreachable=True
@@ -146,6 +113,45 @@ async def ensure_topics(
             if name in partitions and name not in created and partitions[name] < asked
         ),
     )
+
+
+async def _registered(admin: AIOKafkaAdminClient, brokers: int | None) -> int:
+    """The brokers registered now, or, given the cluster's size, once that many have."""
+    registered = len((await admin.describe_cluster())["brokers"])
+    while brokers is not None and registered < brokers:
+        await asyncio.sleep(0.2)
+        registered = len((await admin.describe_cluster())["brokers"])
+    return brokers or registered
+
+
+async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """The partition count of each of ``names`` that exists."""
+    described = await admin.describe_topics(names)
+    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+
+
+async def _create(
+    admin: AIOKafkaAdminClient, bootstrap: str, topics: Mapping[str, int], replication: Replication
+) -> list[str]:
+    """Create ``topics`` (name -> partitions): the names created now (not those another client
+    created meanwhile); :class:`TopicsError` if Kafka refuses one."""
+    answer = await admin.create_topics(
+        [
+            NewTopic(name, count, replication.replicas, topic_configs=replication.configs)
+            for name, count in topics.items()
+        ]
+    )
+    created: list[str] = []
+    for name, code, message in answer.topic_errors:
+        if code == 0:
+            created.append(name)
+        elif code != TOPIC_ALREADY_EXISTS:
+            raise TopicsError(
+                f"Kafka at {bootstrap} refused to create topic {name} "
+                f"({topics[name]} partitions, {replication.replicas} replicas): "
+                f"error {code}: {message}"
+            )
+    return created
 
 
 @asynccontextmanager
