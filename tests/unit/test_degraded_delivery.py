@@ -29,7 +29,7 @@ from messaging.settings import Settings
 from messaging.web import health
 from tests.fakes.durability import InMemoryMessageStore, InMemoryOutbox, RecordingPublisher
 from tests.fakes.fanout import FakeRoutes
-from tests.unit.test_fanout_consumer import until
+from tests.polling import eventually
 from tests.unit.test_fanout_service import ALICE, BOB, CAROL, Local, Members, message
 from tests.unit.test_graph_on_fakes import Fakes
 
@@ -132,12 +132,12 @@ async def test_the_direct_path_runs_while_the_log_is_degraded_and_redis_never_ho
         degraded[0] = True
         direct.submit(message(chat, 2))
         direct.unpublished([message(chat, 3)])  # a failed publish: always
-        await until(lambda: len(local.deliveries) == 2)
+        await eventually(lambda: len(local.deliveries) == 2)
         degraded[0], routes = False, (stalled := Stalled())
         direct.unpublished([message(chat, 4)])
-        await until(lambda: stalled.asked == 1)  # its hand-off hangs on Redis ...
+        await eventually(lambda: stalled.asked == 1)  # its hand-off hangs on Redis ...
         direct.unpublished([message(chat, 5)])  # ... and the local part goes on meanwhile
-        await until(lambda: len(local.deliveries) == 4)
+        await eventually(lambda: len(local.deliveries) == 4)
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
@@ -171,11 +171,11 @@ async def test_the_relay_says_when_publishing_fails_and_hands_on_what_it_could_n
         chat = new_group_id()
         publisher.fail = True
         relay.submit(message(chat, 1))
-        await until(lambda: relay.publishing_fails)
+        await eventually(lambda: relay.publishing_fails)
         assert [m.sequence for m in unpublished] == [1]
         publisher.fail = False
         relay.submit(message(chat, 2))
-        await until(lambda: not relay.publishing_fails)
+        await eventually(lambda: not relay.publishing_fails)
         assert [m.sequence for m in unpublished] == [1]
     finally:
         runner.cancel()

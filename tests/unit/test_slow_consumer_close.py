@@ -24,7 +24,8 @@ from messaging.metrics import Metrics
 from messaging.protocol import frames
 from messaging.protocol.delivery import Delivery
 from messaging.settings import Settings
-from tests.unit.test_gateway_memory import Nothing, eventually, gateway_app, protocols, serving
+from tests.polling import eventually
+from tests.unit.test_gateway_memory import Nothing, gateway_app, protocols, serving
 
 CONFIG = attrs.evolve(
     gateway_config(Settings()), outbound_queue_messages=20, outbound_queue_bytes=65536
