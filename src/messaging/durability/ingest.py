@@ -36,7 +36,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import attrs
@@ -307,29 +307,12 @@ class IngestService:
                     chat_id, head, appends, writer=self._writer, now_ms=int(now * 1000)
                 )
                 if outcome.appended:
-                    self._remember_head(chat_id, head + len(appends))
-                    self._faults.hit(FaultPoint.AFTER_PERSIST)
-                    for send, append in zip(pending, appends, strict=True):
-                        self._sink.submit(append.message)
-                        send.settle(SendResult(message=append.message, duplicate=False))
+                    self._settle_appended(chat_id, head, pending, appends)
                     return
                 if outcome.rejected:
                     # One bad message must not fail the others: set it aside, retry the rest.
-                    bad = {
-                        pending[i].sender_id
-                        for i, o in outcome.rejected.items()
-                        if o is AppendOutcome.NOT_A_MEMBER
-                    }
-                    keep: list[_Send] = []
-                    for index, send in enumerate(pending):
-                        rejected = outcome.rejected.get(index)
-                        if rejected is None and send.sender_id in bad:
-                            rejected = AppendOutcome.NOT_A_MEMBER
-                        if rejected is None:
-                            keep.append(send)
-                        else:
-                            aside.append((send, rejected))
-                    pending = keep
+                    pending, rejected = _split_rejected(pending, outcome.rejected)
+                    aside += rejected
                     if not outcome.head_moved:
                         continue
                 # The head moved: a writer on another process got there first.
@@ -370,6 +353,15 @@ class IngestService:
         finally:
             if aside:
                 await asyncio.gather(*(self._answer_rejected(s, o) for s, o in aside))
+
+    def _settle_appended(
+        self, chat_id: str, head: int, pending: list[_Send], appends: list[Append]
+    ) -> None:
+        self._remember_head(chat_id, head + len(appends))
+        self._faults.hit(FaultPoint.AFTER_PERSIST)
+        for send, append in zip(pending, appends, strict=True):
+            self._sink.submit(append.message)
+            send.settle(SendResult(message=append.message, duplicate=False))
 
     async def _claim(self, chat_id: str) -> HeadClaim | None:
         now_ms = int(self._clock() * 1000)
@@ -490,3 +482,24 @@ class IngestService:
         self._heads.move_to_end(chat_id)
         while len(self._heads) > self._config.head_cache_size:
             self._heads.popitem(last=False)
+
+
+def _split_rejected(
+    pending: list[_Send], rejected: Mapping[int, AppendOutcome]
+) -> tuple[list[_Send], list[tuple[_Send, AppendOutcome]]]:
+    """The sends of a batch to retry, and those set aside with their answer: each one the
+    store rejected (by index), and every other send of a sender it found not a member."""
+    outsiders = {
+        pending[i].sender_id for i, o in rejected.items() if o is AppendOutcome.NOT_A_MEMBER
+    }
+    keep: list[_Send] = []
+    aside: list[tuple[_Send, AppendOutcome]] = []
+    for index, send in enumerate(pending):
+        outcome = rejected.get(index)
+        if outcome is None and send.sender_id in outsiders:
+            outcome = AppendOutcome.NOT_A_MEMBER
+        if outcome is None:
+            keep.append(send)
+        else:
+            aside.append((send, outcome))
+    return keep, aside
