@@ -12,7 +12,7 @@ placeholders (``#n``), since DynamoDB reserves hundreds of words.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from messaging.domain.errors import MessagingError
@@ -338,84 +338,35 @@ class DynamoMessageStore:
         its Put, its idempotency Put and its outbox Put (indexes ``1 + 3i .. 3 + 3i``), then
         one membership ConditionCheck per distinct sender."""
         check_batch(chat_id, expected_head, appends)
-        last = appends[-1].message
         transaction: list[Any] = [
-            {
-                # The per-chat atomic counter, conditional on its expected value.
-                "Update": {
-                    "TableName": self.chats,
-                    "Key": {"chat_id": _s(chat_id)},
-                    # ... and on no other writer holding a live head claim (ADR 0034); an
-                    # append clears the claim (its writer's, or a lapsed one).
-                    "UpdateExpression": "ADD #h :n SET #t = :now REMOVE #cw, #cu",
-                    "ConditionExpression": (
-                        "#h = :expected AND (attribute_not_exists(#cw) OR #cw = :me "
-                        "OR #cu < :clock)"
-                    ),
-                    "ExpressionAttributeNames": {
-                        "#h": "head",
-                        "#t": "last_message_at_ms",
-                        "#cw": "claim_writer",
-                        "#cu": "claim_until_ms",
-                    },
-                    "ExpressionAttributeValues": {
-                        ":n": _n(len(appends)),
-                        ":expected": _n(expected_head),
-                        ":now": _n(last.created_at_ms),
-                        ":me": _s(writer),
-                        ":clock": _n(now_ms),
-                    },
-                    # A lost race names the head that won it (ADR 0034): the next attempt
-                    # is one round trip, not a read and a write.
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                }
-            }
+            _head_update(
+                self.chats,
+                chat_id,
+                expected_head,
+                len(appends),
+                at_ms=appends[-1].message.created_at_ms,
+                writer=writer,
+                now_ms=now_ms,
+            )
         ]
         for append in appends:
             transaction.extend(self._append_items(append.message, append.record))
         senders = list(dict.fromkeys(a.message.sender_id for a in appends))
-        for sender in senders:
-            transaction.append(
-                {
-                    "ConditionCheck": {
-                        "TableName": self.memberships,
-                        "Key": {"chat_id": _s(chat_id), "user_id": _s(sender)},
-                        "ConditionExpression": "attribute_exists(#u) AND attribute_not_exists(#r)",
-                        "ExpressionAttributeNames": {"#u": "user_id", "#r": "removed_seq"},
-                    }
+        transaction += [
+            {
+                "ConditionCheck": {
+                    "TableName": self.memberships,
+                    "Key": {"chat_id": _s(chat_id), "user_id": _s(sender)},
+                    "ConditionExpression": "attribute_exists(#u) AND attribute_not_exists(#r)",
+                    "ExpressionAttributeNames": {"#u": "user_id", "#r": "removed_seq"},
                 }
-            )
+            }
+            for sender in senders
+        ]
         reasons = await self._transact("TransactWriteItems append", transaction)
         if reasons is None:
             return BatchOutcome()
-        codes = [str(reason.get("Code") or "None") for reason in reasons]
-        failed = {index for index, code in enumerate(codes) if code == "ConditionalCheckFailed"}
-        rejected: dict[int, AppendOutcome] = {}
-        checks = 1 + 3 * len(appends)
-        for index, append in enumerate(appends):
-            if 2 + 3 * index in failed:
-                rejected[index] = AppendOutcome.DUPLICATE_KEY
-            elif checks + senders.index(append.message.sender_id) in failed:
-                rejected[index] = AppendOutcome.NOT_A_MEMBER
-        # The head moved (or a message Put found its sequence taken, the same thing), or a
-        # concurrent transaction touched the same items (TransactionConflict): both mean
-        # "re-read and try again". An emulator that names no reason means the same.
-        head_moved = (
-            not rejected or 0 in failed or any(1 + 3 * i in failed for i in range(len(appends)))
-        )
-        head: int | None = None
-        claimed_until: int | None = None
-        if head_moved and 0 in failed:
-            item = reasons[0].get("Item") or {}
-            seen = item.get("head", {}).get("N")
-            head = int(seen) if seen is not None else None
-            holder = item.get("claim_writer", {}).get("S")
-            until = int(item.get("claim_until_ms", {}).get("N", 0))
-            if holder is not None and holder != writer and until >= now_ms:
-                claimed_until = until
-        return BatchOutcome(
-            rejected=rejected, head_moved=head_moved, head=head, claimed_until_ms=claimed_until
-        )
+        return _batch_outcome(reasons, appends, senders, writer=writer, now_ms=now_ms)
 
     async def claim_head(
         self, chat_id: str, writer: str, now_ms: int, until_ms: int
@@ -619,3 +570,78 @@ class DynamoOutbox:
                 [{"DeleteRequest": {"Key": outbox_key(entry)}} for entry in entries],
             ),
         )
+
+
+def _head_update(
+    table: str, chat_id: str, expected: int, count: int, *, at_ms: int, writer: str, now_ms: int
+) -> dict[str, Any]:
+    """The batch's head update: the per-chat atomic counter moves by ``count``, conditional
+    on its expected value and on no other writer holding a live head claim (ADR 0034); an
+    append clears the claim (its writer's, or a lapsed one)."""
+    return {
+        "Update": {
+            "TableName": table,
+            "Key": {"chat_id": _s(chat_id)},
+            "UpdateExpression": "ADD #h :n SET #t = :now REMOVE #cw, #cu",
+            "ConditionExpression": (
+                "#h = :expected AND (attribute_not_exists(#cw) OR #cw = :me OR #cu < :clock)"
+            ),
+            "ExpressionAttributeNames": {
+                "#h": "head",
+                "#t": "last_message_at_ms",
+                "#cw": "claim_writer",
+                "#cu": "claim_until_ms",
+            },
+            "ExpressionAttributeValues": {
+                ":n": _n(count),
+                ":expected": _n(expected),
+                ":now": _n(at_ms),
+                ":me": _s(writer),
+                ":clock": _n(now_ms),
+            },
+            # A lost race names the head that won it (ADR 0034): the next attempt is one
+            # round trip, not a read and a write.
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+    }
+
+
+def _batch_outcome(
+    reasons: Sequence[Mapping[str, Any]],
+    appends: Sequence[Append],
+    senders: list[str],
+    *,
+    writer: str,
+    now_ms: int,
+) -> BatchOutcome:
+    """What a cancelled append transaction's reasons say, by the item layout of
+    ``append_batch``: which messages are rejected and why, and whether (and to what) the head
+    moved or another writer claims it."""
+    codes = [str(reason.get("Code") or "None") for reason in reasons]
+    failed = {index for index, code in enumerate(codes) if code == "ConditionalCheckFailed"}
+    rejected: dict[int, AppendOutcome] = {}
+    checks = 1 + 3 * len(appends)
+    for index, append in enumerate(appends):
+        if 2 + 3 * index in failed:
+            rejected[index] = AppendOutcome.DUPLICATE_KEY
+        elif checks + senders.index(append.message.sender_id) in failed:
+            rejected[index] = AppendOutcome.NOT_A_MEMBER
+    # The head moved (or a message Put found its sequence taken, the same thing), or a
+    # concurrent transaction touched the same items (TransactionConflict): both mean
+    # "re-read and try again". An emulator that names no reason means the same.
+    head_moved = (
+        not rejected or 0 in failed or any(1 + 3 * i in failed for i in range(len(appends)))
+    )
+    head: int | None = None
+    claimed_until: int | None = None
+    if head_moved and 0 in failed:
+        item = reasons[0].get("Item") or {}
+        seen = item.get("head", {}).get("N")
+        head = int(seen) if seen is not None else None
+        holder = item.get("claim_writer", {}).get("S")
+        until = int(item.get("claim_until_ms", {}).get("N", 0))
+        if holder is not None and holder != writer and until >= now_ms:
+            claimed_until = until
+    return BatchOutcome(
+        rejected=rejected, head_moved=head_moved, head=head, claimed_until_ms=claimed_until
+    )
