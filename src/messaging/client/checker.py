@@ -522,6 +522,30 @@ class _Checker:
     ) -> None:
         sequences = [entry.sequence for entry in view.entries if view.visible(entry.sequence)]
         present = set(sequences)
+        self._check_view_order(name, chat_id, view, sequences)
+        self._check_view_has_acked(name, user, chat_id, view, present, acked)
+        top = max(present, default=view.after)
+        unseen = sorted(
+            sequence
+            for sequence, holders in known.items()
+            if sequence > top and view.visible(sequence) and sequence not in acked
+            if holders - {name}
+        )
+        if unseen:
+            self.add(
+                ViolationKind.VIEWS_DIVERGE,
+                f"the final view of {name} of chat {chat_id} ends at {top} but other members "
+                f"hold sequence(s) {_ranges(unseen)}",
+                chat_id=chat_id,
+                sequence=unseen[0],
+                clients=(name,),
+            )
+
+    def _check_view_order(
+        self, name: str, chat_id: str, view: ChatView, sequences: list[int]
+    ) -> None:
+        """Each sequence once, in the chat's order, and none skipped."""
+        present = set(sequences)
         for previous, sequence in itertools.pairwise(sequences):
             if sequence == previous:
                 self.add(
@@ -551,6 +575,17 @@ class _Checker:
                     sequence=holes[0],
                     clients=(name,),
                 )
+
+    def _check_view_has_acked(
+        self,
+        name: str,
+        user: str | None,
+        chat_id: str,
+        view: ChatView,
+        present: set[int],
+        acked: Mapping[int, list[_Ack]],
+    ) -> None:
+        """Every acknowledged message the view may show, the member's own ones apart."""
         missing_acked: list[int] = []
         own_missing: list[int] = []
         for sequence, acks in sorted(acked.items()):
@@ -576,22 +611,6 @@ class _Checker:
                 f"sequence(s) {_ranges(missing_acked)}",
                 chat_id=chat_id,
                 sequence=missing_acked[0],
-                clients=(name,),
-            )
-        top = max(present, default=view.after)
-        unseen = sorted(
-            sequence
-            for sequence, holders in known.items()
-            if sequence > top and view.visible(sequence) and sequence not in acked
-            if holders - {name}
-        )
-        if unseen:
-            self.add(
-                ViolationKind.VIEWS_DIVERGE,
-                f"the final view of {name} of chat {chat_id} ends at {top} but other members "
-                f"hold sequence(s) {_ranges(unseen)}",
-                chat_id=chat_id,
-                sequence=unseen[0],
                 clients=(name,),
             )
 
