@@ -467,8 +467,9 @@ def _cluster_id(id_file: Path, *, fresh: bool) -> str:
     and then writing it let two nodes format with different ids; the odd one never joined the
     quorum, and the scenario waited 120 s for it in one CI run.)"""
     if fresh:
-        id_file.write_text(_kafka_uuid())
-        return id_file.read_text().strip()
+        cluster_id = _kafka_uuid()
+        id_file.write_text(cluster_id)
+        return cluster_id
     offer = id_file.with_name(f"{id_file.name}.{os.getpid()}.{uuid.uuid4().hex}")
     offer.write_text(_kafka_uuid())
     try:

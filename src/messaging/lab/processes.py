@@ -46,9 +46,14 @@ async def make_paths(
         "redis": f"127.0.0.1:{settings.stack_redis_port}",
         "client": f"127.0.0.1:{app_port}",
     }
-    return {
-        kind: await proxy.path(f"{name}-{kind}", ports[kind], upstreams[kind]) for kind in PATHS
-    }
+    paths: dict[str, Path] = {}
+    try:
+        for kind in PATHS:
+            paths[kind] = await proxy.path(f"{name}-{kind}", ports[kind], upstreams[kind])
+    except BaseException:
+        await remove_paths(proxy, paths)  # none left behind in Toxiproxy
+        raise
+    return paths
 
 
 async def remove_paths(proxy: Toxiproxy, paths: Mapping[str, Path]) -> None:
