@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from messaging.devstack.toxiproxy import Path, Toxiproxy
@@ -58,7 +59,11 @@ async def partitions_consumed(
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            (response,) = await admin.describe_consumer_groups([settings.kafka_consumer_group])
+            try:
+                (response,) = await admin.describe_consumer_groups([settings.kafka_consumer_group])
+            except KafkaError:  # e.g. the group's coordinator not known yet: ask again
+                await asyncio.sleep(0.5)
+                continue
             _, _, state, _, _, found = response.groups[0][:6]
             held = {
                 client_id: frozenset(
