@@ -1,4 +1,5 @@
-"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``, ``db init [--no-topics]``,
+"""The ``messaging`` command: ``serve``, ``stack up|down|status|logs``,
+``db init [--no-topics] [--brokers N]``,
 ``dlq list|replay``, ``doctor``, ``bench``, ``lab``.
 
 Settings are read and validated once, here, before anything starts; a bad value ends the
@@ -66,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tables only, Kafka not contacted (where the topics are provisioned elsewhere)",
     )
+    db_init.add_argument(
+        "--brokers",
+        type=int,
+        metavar="N",
+        help="the cluster's size: topics are created once N brokers have registered, "
+        "replicated for N (default: the brokers registered now)",
+    )
 
     dlq = commands.add_parser("dlq", help="the fanout's dead-letter topic (ADR 0030)")
     dlq_cmds = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -112,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "stack":
         return _stack(settings, args)
     if args.command == "db":
-        return _db_init(settings, topics=not args.no_topics)
+        if args.brokers is not None and args.brokers < 1:
+            print("messaging db init: --brokers must be 1 or more", file=sys.stderr)
+            return 2
+        return _db_init(settings, topics=not args.no_topics, brokers=args.brokers)
     if args.command == "dlq":
         return _dlq(settings, args)
     if args.command == "doctor":
@@ -174,7 +185,7 @@ def _stack(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _db_init(settings: Settings, *, topics: bool = True) -> int:
+def _db_init(settings: Settings, *, topics: bool = True, brokers: int | None = None) -> int:
     from messaging.infra.dynamodb import open_dynamo
     from messaging.infra.schema import ensure_tables
 
@@ -196,17 +207,20 @@ def _db_init(settings: Settings, *, topics: bool = True) -> int:
         return 1
     elapsed = time.monotonic() - started
     print(f"== tables: {len(created)} created, all ready ({elapsed:.1f}s)", flush=True)
-    return _topics_init(settings) if topics else 0
+    return _topics_init(settings, brokers) if topics else 0
 
 
-def _topics_init(settings: Settings) -> int:
+def _topics_init(settings: Settings, brokers: int | None = None) -> int:
     """The messages topic and its dead-letter topic (ADRs 0029, 0030), like the tables:
-    created when missing, left as they are when they exist."""
+    created when missing, left as they are when they exist; with ``brokers``, once that many
+    have registered and replicated for that many."""
     from messaging.infra.kafka import TopicsError, ensure_topics
 
     started = time.monotonic()
     try:
-        done = asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.kafka_topics))
+        done = asyncio.run(
+            ensure_topics(settings.kafka_bootstrap, settings.kafka_topics, brokers=brokers)
+        )
     except TopicsError as exc:
         hint = (
             "start Kafka (or set MESSAGING_KAFKA_BOOTSTRAP) and run it again"

@@ -96,3 +96,26 @@ def test_db_init_says_kafka_is_unreachable_and_no_topics_does_not_contact_it(
     captured = capsys.readouterr()
     assert "== tables: " in captured.out
     assert "topics" not in captured.out
+
+
+def test_db_init_with_the_cluster_size_waits_for_it_and_says_when_it_is_not_there(
+    stack: Settings, topic: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--brokers N``: topics replicated for N, created only once N brokers have registered
+    (a production cluster with a node briefly away must not get topics of fewer copies); when
+    fewer register, a clear error and nothing created."""
+    from messaging.infra.kafka import TopicsError, ensure_topics
+
+    brokers = stack.stack_kafka_brokers
+    more = {f"{topic}-more": 1}
+    with pytest.raises(TopicsError, match=f"only {brokers} of the {brokers + 1} brokers"):
+        asyncio.run(
+            ensure_topics(stack.kafka_bootstrap, more, brokers=brokers + 1, timeout_seconds=2)
+        )
+    assert asyncio.run(describe(stack.kafka_bootstrap, list(more))) == {}
+
+    assert cli.main(["db", "init", "--brokers", "0"]) == 2
+    assert "--brokers must be 1 or more" in capsys.readouterr().err
+    assert cli.main(["db", "init", "--brokers", str(brokers)]) == 0
+    copies = f"{min(brokers, 3)} replica(s) on {brokers} broker(s)"
+    assert copies in capsys.readouterr().out

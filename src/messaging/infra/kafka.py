@@ -82,16 +82,22 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_seconds * 1000)
     )
+    registered: list[int] = []
     try:
         async with asyncio.timeout(timeout_seconds):
             await admin.start()
-            replication = Replication(await _registered(admin, brokers))
+            replication = Replication(await _registered(admin, brokers, registered))
             partitions = await _partitions(admin, list(topics))
             missing = {name: n for name, n in topics.items() if name not in partitions}
             created = await _create(admin, bootstrap, missing, replication) if missing else []
             if len(created) < len(missing):  # created by another client meanwhile
                 partitions |= await _partitions(admin, [n for n in missing if n not in created])
     except TimeoutError:
+        if brokers is not None and registered and registered[-1] < brokers:
+            raise TopicsError(
+                f"only {registered[-1]} of the {brokers} brokers expected had registered with "
+                f"Kafka at {bootstrap} after {timeout_seconds:g}s; no topic created"
+            ) from None
         raise TopicsError(
             f"Kafka at {bootstrap} did not answer within {timeout_seconds:g}s", unreachable=True
         ) from None
@@ -115,13 +121,14 @@ async def ensure_topics(
     )
 
 
-async def _registered(admin: AIOKafkaAdminClient, brokers: int | None) -> int:
-    """The brokers registered now, or, given the cluster's size, once that many have."""
-    registered = len((await admin.describe_cluster())["brokers"])
-    while brokers is not None and registered < brokers:
+async def _registered(admin: AIOKafkaAdminClient, brokers: int | None, seen: list[int]) -> int:
+    """The brokers registered now, or, given the cluster's size, once that many have (each
+    count seen is appended to ``seen``, for the error if they never do)."""
+    seen.append(len((await admin.describe_cluster())["brokers"]))
+    while brokers is not None and seen[-1] < brokers:
         await asyncio.sleep(0.2)
-        registered = len((await admin.describe_cluster())["brokers"])
-    return brokers or registered
+        seen.append(len((await admin.describe_cluster())["brokers"]))
+    return brokers or seen[-1]
 
 
 async def _partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
