@@ -110,7 +110,7 @@ def test_db_init_with_the_cluster_size_waits_for_it_and_says_when_it_is_not_ther
     more = {f"{topic}-more": 1}
     with pytest.raises(TopicsError, match=f"only {brokers} of the {brokers + 1} brokers"):
         asyncio.run(
-            ensure_topics(stack.kafka_bootstrap, more, brokers=brokers + 1, timeout_seconds=2)
+            ensure_topics(stack.kafka_bootstrap, more, brokers=brokers + 1, timeout_seconds=4)
         )
     assert asyncio.run(describe(stack.kafka_bootstrap, list(more))) == {}
 
