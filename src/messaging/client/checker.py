@@ -522,7 +522,7 @@ class _Checker:
     ) -> None:
         sequences = [entry.sequence for entry in view.entries if view.visible(entry.sequence)]
         present = set(sequences)
-        self._check_view_order(name, chat_id, view, sequences)
+        self._check_view_order(name, chat_id, view, sequences, present)
         self._check_view_has_acked(name, user, chat_id, view, present, acked)
         top = max(present, default=view.after)
         unseen = sorted(
@@ -542,10 +542,10 @@ class _Checker:
             )
 
     def _check_view_order(
-        self, name: str, chat_id: str, view: ChatView, sequences: list[int]
+        self, name: str, chat_id: str, view: ChatView, sequences: list[int], present: set[int]
     ) -> None:
-        """Each sequence once, in the chat's order, and none skipped."""
-        present = set(sequences)
+        """Each sequence once, in the chat's order, and none skipped (``present``: the set of
+        ``sequences``)."""
         for previous, sequence in itertools.pairwise(sequences):
             if sequence == previous:
                 self.add(
